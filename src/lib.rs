@@ -1,0 +1,15 @@
+//! trust-sds: an Envoy Secret Discovery Service for the CA trust bundles of MCP gateway
+//! upstreams.
+//!
+//! Flow: source -> [`index`] -> [`translate`] (pure) -> [`snapshot`] -> SDS streams.
+
+pub mod bundle;
+pub mod cert;
+pub mod crd;
+pub mod index;
+pub mod model;
+pub mod pipeline;
+pub mod snapshot;
+pub mod status;
+pub mod translate;
+pub mod validation;

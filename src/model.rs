@@ -1,0 +1,169 @@
+//! Domain types: what the translation needs to know about the cluster, free of Kubernetes
+//! API types so that the index, translation and SDS layers can be tested on their own.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The label that opts a Secret in to being read by trust-sds.
+pub const SECRET_LABEL: &str = "mcp.kuadrant.io/secret";
+/// The key used when a reference names none.
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+
+/// Namespace and name of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A reference to one key of a Secret in the referrer's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+impl SecretKeyRef {
+    pub fn new(name: impl Into<String>, key: Option<&str>) -> Self {
+        let key = key.filter(|k| !k.is_empty()).unwrap_or(DEFAULT_CA_KEY);
+        Self {
+            name: name.into(),
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// An `MCPServerRegistration`, reduced to what trust-sds uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub key: ObjectKey,
+    pub generation: Option<i64>,
+    pub ca_cert_secret_ref: Option<SecretKeyRef>,
+    /// The HTTPRoute the registration targets (namespace defaulted to the registration's).
+    pub target_route: Option<ObjectKey>,
+    pub disabled: bool,
+}
+
+/// An `MCPGatewayExtension`, reduced to what trust-sds uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayExtension {
+    pub key: ObjectKey,
+    pub generation: Option<i64>,
+    pub ca_cert_bundle_ref: Option<SecretKeyRef>,
+    /// The Gateway the extension targets (namespace defaulted to the extension's).
+    pub target_gateway: Option<ObjectKey>,
+}
+
+/// An HTTPRoute, reduced to the Gateways it attaches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub key: ObjectKey,
+    pub parent_gateways: Vec<ObjectKey>,
+}
+
+/// A Secret as trust-sds may see it.
+///
+/// The data of a Secret without the opt-in label is never kept: `data` is `None` and only the
+/// fact that the Secret exists is known (so "missing label" can be told from "not found").
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretObject {
+    pub key: ObjectKey,
+    pub data: Option<BTreeMap<String, Arc<[u8]>>>,
+}
+
+impl SecretObject {
+    /// A Secret whose label opted it in, with its data.
+    pub fn labelled(key: ObjectKey, data: BTreeMap<String, Arc<[u8]>>) -> Self {
+        Self {
+            key,
+            data: Some(data),
+        }
+    }
+
+    /// A Secret that exists but did not opt in: no data is held.
+    pub fn unlabelled(key: ObjectKey) -> Self {
+        Self { key, data: None }
+    }
+
+    pub fn is_labelled(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+// Secret bytes must never reach logs: Debug shows key names and sizes only.
+impl fmt::Debug for SecretObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Option<BTreeMap<&str, usize>> = self
+            .data
+            .as_ref()
+            .map(|d| d.iter().map(|(k, v)| (k.as_str(), v.len())).collect());
+        f.debug_struct("SecretObject")
+            .field("key", &self.key)
+            .field("data_sizes", &keys)
+            .finish()
+    }
+}
+
+/// Whether a label map opts a Secret in.
+pub fn has_opt_in_label<'a>(mut labels: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    labels.any(|(k, v)| k == SECRET_LABEL && v == "true")
+}
+
+/// Every kind of object a source can deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Registration(Registration),
+    Extension(GatewayExtension),
+    Route(Route),
+    Secret(SecretObject),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Registration(_) => Kind::Registration,
+            Object::Extension(_) => Kind::Extension,
+            Object::Route(_) => Kind::Route,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Object::Registration(o) => &o.key,
+            Object::Extension(o) => &o.key,
+            Object::Route(o) => &o.key,
+            Object::Secret(o) => &o.key,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Registration,
+    Extension,
+    Route,
+    Secret,
+}

@@ -1,0 +1,314 @@
+//! Pure translation: index -> served bundles and `Ready` conditions.
+//!
+//! Holds the little state translation needs beyond the index: the last valid bundle per
+//! reference (fail static) and a cache of parsed Secret data keyed by content hash, so a
+//! Secret event re-validates only what changed. Time is an argument, never read here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sha2::{Digest, Sha256};
+
+use crate::bundle::TrustBundle;
+use crate::index::{Dirty, Index};
+use crate::model::{GatewayExtension, ObjectKey, Registration, SecretKeyRef};
+use crate::status::{Condition, StatusTarget};
+use crate::validation::{self, Check, Failure, Subject};
+
+/// Prefix of the resource name under which a gateway's base bundle is served alone.
+pub const GATEWAY_RESOURCE_PREFIX: &str = "gateway/";
+
+/// Tunables of translation.
+#[derive(Clone, Debug)]
+pub struct TranslateConfig {
+    /// Certificates expiring within this many seconds are reported.
+    pub expiry_warning_secs: i64,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            expiry_warning_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// The result for one registration or extension.
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    served: Option<TrustBundle>,
+    condition: Option<Condition>,
+    /// The last bundle that passed validation, with the reference it came from.
+    last_valid: Option<(SecretKeyRef, TrustBundle)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Translator {
+    config: TranslateConfig,
+    registrations: BTreeMap<ObjectKey, Outcome>,
+    extensions: BTreeMap<ObjectKey, Outcome>,
+    parsed: HashMap<(Subject, [u8; 32]), Result<TrustBundle, Check>>,
+}
+
+/// Entries beyond which the parse cache is dropped and rebuilt (it only saves work).
+const PARSE_CACHE_LIMIT: usize = 16_384;
+
+impl Translator {
+    pub fn new(config: TranslateConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Translates what `dirty` names again. Extensions first: they are every bundle's base.
+    pub fn update(&mut self, index: &Index, dirty: &Dirty, now: i64) {
+        if self.parsed.len() > PARSE_CACHE_LIMIT {
+            self.parsed.clear();
+        }
+        if dirty.all {
+            let mut extensions = BTreeMap::new();
+            for ext in index.extensions() {
+                let previous = self.extensions.remove(&ext.key).unwrap_or_default();
+                extensions.insert(
+                    ext.key.clone(),
+                    self.translate_extension(index, ext, previous, now),
+                );
+            }
+            self.extensions = extensions;
+            let mut registrations = BTreeMap::new();
+            for reg in index.registrations() {
+                let previous = self.registrations.remove(&reg.key).unwrap_or_default();
+                registrations.insert(
+                    reg.key.clone(),
+                    self.translate_registration(index, reg, previous, now),
+                );
+            }
+            self.registrations = registrations;
+            return;
+        }
+        for key in &dirty.registrations {
+            let previous = self.registrations.remove(key).unwrap_or_default();
+            if let Some(reg) = index.registration(key) {
+                let outcome = self.translate_registration(index, reg, previous, now);
+                self.registrations.insert(key.clone(), outcome);
+            }
+        }
+    }
+
+    /// Every served bundle by resource name.
+    pub fn resources(&self) -> impl Iterator<Item = (String, &TrustBundle)> {
+        let regs = self
+            .registrations
+            .iter()
+            .filter_map(|(k, o)| Some((k.to_string(), o.served.as_ref()?)));
+        let exts = self.extensions.iter().filter_map(|(k, o)| {
+            Some((format!("{GATEWAY_RESOURCE_PREFIX}{k}"), o.served.as_ref()?))
+        });
+        regs.chain(exts)
+    }
+
+    /// Every condition trust-sds is responsible for.
+    pub fn statuses(&self) -> impl Iterator<Item = (StatusTarget, &Condition)> {
+        let regs = self.registrations.iter().filter_map(|(k, o)| {
+            Some((StatusTarget::Registration(k.clone()), o.condition.as_ref()?))
+        });
+        let exts = self
+            .extensions
+            .iter()
+            .filter_map(|(k, o)| Some((StatusTarget::Extension(k.clone()), o.condition.as_ref()?)));
+        regs.chain(exts)
+    }
+
+    fn translate_extension(
+        &mut self,
+        index: &Index,
+        ext: &GatewayExtension,
+        previous: Outcome,
+        now: i64,
+    ) -> Outcome {
+        let Some(reference) = &ext.ca_cert_bundle_ref else {
+            return Outcome::default();
+        };
+        let result = self.validate(index, Subject::GatewayBundle, &ext.key.namespace, reference);
+        self.judge(result, reference, previous, ext.generation, now, |bundle| {
+            format!(
+                "CA bundle secret {} is valid: {} certificate(s) served as {GATEWAY_RESOURCE_PREFIX}{} and added to every bundle of this gateway (version {})",
+                reference.name,
+                bundle.certificates().len(),
+                ext.key,
+                bundle.version()
+            )
+        })
+    }
+
+    fn translate_registration(
+        &mut self,
+        index: &Index,
+        reg: &Registration,
+        previous: Outcome,
+        now: i64,
+    ) -> Outcome {
+        if reg.disabled {
+            return Outcome {
+                condition: Some(Condition::not_ready(
+                    "Disabled",
+                    "registration is disabled (spec.state: Disabled): no CA bundle is served"
+                        .to_owned(),
+                    reg.generation,
+                )),
+                ..Outcome::default()
+            };
+        }
+        let bases: Vec<TrustBundle> = self
+            .extensions_for(index, reg)
+            .filter_map(|k| self.extensions.get(k)?.served.clone())
+            .collect();
+        let Some(reference) = &reg.ca_cert_secret_ref else {
+            // Nothing of the registration's own to report; the gateway base alone is served.
+            let served = (!bases.is_empty()).then(|| TrustBundle::merge(&bases));
+            return Outcome {
+                served,
+                ..Outcome::default()
+            };
+        };
+        let result = self.validate(index, Subject::ServerCa, &reg.key.namespace, reference);
+        let mut outcome = self.judge(result, reference, previous, reg.generation, now, |bundle| {
+            format!(
+                "CA certificate secret {} is valid: {} certificate(s) served as {} (version {})",
+                reference.name,
+                bundle.certificates().len(),
+                reg.key,
+                bundle.version()
+            )
+        });
+        if let Some(own) = outcome.served.take() {
+            outcome.served = Some(if bases.is_empty() {
+                own
+            } else {
+                TrustBundle::merge(bases.iter().chain(std::iter::once(&own)))
+            });
+        }
+        outcome
+    }
+
+    /// Applies the failure semantics to a validation result.
+    fn judge(
+        &self,
+        result: Result<TrustBundle, Failure>,
+        reference: &SecretKeyRef,
+        previous: Outcome,
+        generation: Option<i64>,
+        now: i64,
+        ready_message: impl FnOnce(&TrustBundle) -> String,
+    ) -> Outcome {
+        match result {
+            Ok(bundle) => {
+                let mut message = ready_message(&bundle);
+                if let Some(note) = expiry_note(&bundle, now, self.config.expiry_warning_secs) {
+                    message.push_str("; ");
+                    message.push_str(&note);
+                }
+                Outcome {
+                    served: Some(bundle.clone()),
+                    condition: Some(Condition::ready("Valid", message, generation)),
+                    last_valid: Some((reference.clone(), bundle)),
+                }
+            }
+            Err(failure) => {
+                let mut message = failure.to_string();
+                let retained = previous
+                    .last_valid
+                    .filter(|(r, _)| !failure.withdraws() && r == reference);
+                if let Some((_, bundle)) = &retained {
+                    message.push_str(&format!(
+                        "; the last valid bundle (version {}) is still served",
+                        bundle.version()
+                    ));
+                }
+                Outcome {
+                    served: retained.as_ref().map(|(_, b)| b.clone()),
+                    condition: Some(Condition::not_ready(failure.reason(), message, generation)),
+                    last_valid: retained,
+                }
+            }
+        }
+    }
+
+    fn validate(
+        &mut self,
+        index: &Index,
+        subject: Subject,
+        namespace: &str,
+        reference: &SecretKeyRef,
+    ) -> Result<TrustBundle, Failure> {
+        let secret = index.secret(&ObjectKey::new(namespace, &reference.name));
+        let data = match secret.and_then(|s| s.data.as_ref()?.get(&reference.key)) {
+            Some(data) => data,
+            // Existence, label and key checks are cheap: run them directly.
+            None => return validation::validate_reference(subject, reference, secret),
+        };
+        let digest: [u8; 32] = Sha256::digest(data).into();
+        let result = self
+            .parsed
+            .entry((subject, digest))
+            .or_insert_with(|| validation::validate_data(subject, data))
+            .clone();
+        result.map_err(|check| Failure {
+            subject,
+            secret: reference.name.clone(),
+            key: reference.key.clone(),
+            check,
+        })
+    }
+
+    /// The extensions whose base bundle applies to `reg`: through its HTTPRoute's parent
+    /// Gateways when the route is known, else those in the registration's namespace.
+    fn extensions_for<'a>(
+        &self,
+        index: &'a Index,
+        reg: &'a Registration,
+    ) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+        let route = reg.target_route.as_ref().and_then(|k| index.route(k));
+        index
+            .extensions()
+            .filter(move |ext| match route {
+                Some(route) => ext
+                    .target_gateway
+                    .as_ref()
+                    .is_some_and(|gw| route.parent_gateways.contains(gw)),
+                None => ext.key.namespace == reg.key.namespace,
+            })
+            .map(|ext| &ext.key)
+    }
+}
+
+/// A warning for the certificate that expires first, if it is expired or close to it.
+pub fn expiry_note(bundle: &TrustBundle, now: i64, window_secs: i64) -> Option<String> {
+    let cert = bundle.earliest_expiry()?;
+    let when = format_unix(cert.not_after);
+    if cert.not_after <= now {
+        Some(format!(
+            "warning: certificate \"{}\" expired at {when}",
+            cert.display_name
+        ))
+    } else if cert.not_after - now <= window_secs {
+        let days = (cert.not_after - now) / 86_400;
+        Some(format!(
+            "warning: certificate \"{}\" expires at {when} (in {days} days)",
+            cert.display_name
+        ))
+    } else {
+        None
+    }
+}
+
+/// RFC 3339 UTC time of a Unix timestamp.
+pub fn format_unix(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}

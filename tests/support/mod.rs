@@ -1,0 +1,5 @@
+//! Shared test support. Each integration test binary uses a part of it.
+#![allow(dead_code)]
+
+pub mod objects;
+pub mod pki;
