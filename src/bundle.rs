@@ -34,7 +34,7 @@ impl TrustBundle {
     /// Builds the canonical bundle of `certs` (which may hold duplicates, in any order).
     pub fn from_certificates(certs: &[Certificate]) -> Self {
         let mut sorted: Vec<&Certificate> = certs.iter().collect();
-        sorted.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        sorted.sort_by_key(|c| c.sha256);
         sorted.dedup_by(|a, b| a.sha256 == b.sha256);
         let pem: String = sorted.iter().map(|c| cert::to_pem(&c.der)).collect();
         let summaries = sorted
@@ -71,7 +71,7 @@ impl TrustBundle {
                 entries.push((*digest, summary, block));
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         entries.dedup_by(|a, b| a.0 == b.0);
         let pem = entries.iter().map(|e| e.2).collect();
         let certs = entries.iter().map(|e| e.1.clone()).collect();

@@ -3,13 +3,19 @@
 //!
 //! Flow: source -> [`index`] -> [`translate`] (pure) -> [`snapshot`] -> SDS streams.
 
+pub mod admin;
 pub mod bundle;
 pub mod cert;
+pub mod cli;
 pub mod crd;
 pub mod index;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod sds;
+pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod status;
 pub mod translate;
 pub mod validation;

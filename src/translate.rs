@@ -41,6 +41,14 @@ struct Outcome {
     last_valid: Option<(SecretKeyRef, TrustBundle)>,
 }
 
+/// What a validation result is judged against.
+struct Judged<'a> {
+    reference: &'a SecretKeyRef,
+    previous: Outcome,
+    generation: Option<i64>,
+    now: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct Translator {
     config: TranslateConfig,
@@ -130,13 +138,19 @@ impl Translator {
             return Outcome::default();
         };
         let result = self.validate(index, Subject::GatewayBundle, &ext.key.namespace, reference);
-        self.judge(result, reference, previous, ext.generation, now, |bundle| {
+        let ctx = Judged {
+            reference,
+            previous,
+            generation: ext.generation,
+            now,
+        };
+        self.judge(result, ctx, Clone::clone, |own, _| {
             format!(
                 "CA bundle secret {} is valid: {} certificate(s) served as {GATEWAY_RESOURCE_PREFIX}{} and added to every bundle of this gateway (version {})",
                 reference.name,
-                bundle.certificates().len(),
+                own.certificates().len(),
                 ext.key,
-                bundle.version()
+                own.version()
             )
         })
     }
@@ -172,44 +186,60 @@ impl Translator {
             };
         };
         let result = self.validate(index, Subject::ServerCa, &reg.key.namespace, reference);
-        let mut outcome = self.judge(result, reference, previous, reg.generation, now, |bundle| {
-            format!(
-                "CA certificate secret {} is valid: {} certificate(s) served as {} (version {})",
-                reference.name,
-                bundle.certificates().len(),
-                reg.key,
-                bundle.version()
-            )
-        });
-        if let Some(own) = outcome.served.take() {
-            outcome.served = Some(if bases.is_empty() {
-                own
+        // Trust is additive: the gateway bases plus the registration's own CA.
+        let compose = |own: &TrustBundle| {
+            if bases.is_empty() {
+                own.clone()
             } else {
-                TrustBundle::merge(bases.iter().chain(std::iter::once(&own)))
-            });
-        }
-        outcome
+                TrustBundle::merge(bases.iter().chain(std::iter::once(own)))
+            }
+        };
+        let ctx = Judged {
+            reference,
+            previous,
+            generation: reg.generation,
+            now,
+        };
+        self.judge(result, ctx, compose, |own, served| {
+            let from_gateway = served.certificates().len().saturating_sub(own.certificates().len());
+            let base_note = if from_gateway > 0 {
+                format!(" with {from_gateway} from the gateway bundle")
+            } else {
+                String::new()
+            };
+            format!(
+                "CA certificate secret {} is valid: {} certificate(s){base_note} served as {} (version {})",
+                reference.name,
+                own.certificates().len(),
+                reg.key,
+                served.version()
+            )
+        })
     }
 
     /// Applies the failure semantics to a validation result.
     fn judge(
         &self,
         result: Result<TrustBundle, Failure>,
-        reference: &SecretKeyRef,
-        previous: Outcome,
-        generation: Option<i64>,
-        now: i64,
-        ready_message: impl FnOnce(&TrustBundle) -> String,
+        Judged {
+            reference,
+            previous,
+            generation,
+            now,
+        }: Judged<'_>,
+        compose: impl Fn(&TrustBundle) -> TrustBundle,
+        ready_message: impl FnOnce(&TrustBundle, &TrustBundle) -> String,
     ) -> Outcome {
         match result {
             Ok(bundle) => {
-                let mut message = ready_message(&bundle);
+                let served = compose(&bundle);
+                let mut message = ready_message(&bundle, &served);
                 if let Some(note) = expiry_note(&bundle, now, self.config.expiry_warning_secs) {
                     message.push_str("; ");
                     message.push_str(&note);
                 }
                 Outcome {
-                    served: Some(bundle.clone()),
+                    served: Some(served),
                     condition: Some(Condition::ready("Valid", message, generation)),
                     last_valid: Some((reference.clone(), bundle)),
                 }
@@ -219,14 +249,15 @@ impl Translator {
                 let retained = previous
                     .last_valid
                     .filter(|(r, _)| !failure.withdraws() && r == reference);
-                if let Some((_, bundle)) = &retained {
+                let served = retained.as_ref().map(|(_, own)| compose(own));
+                if let Some(served) = &served {
                     message.push_str(&format!(
                         "; the last valid bundle (version {}) is still served",
-                        bundle.version()
+                        served.version()
                     ));
                 }
                 Outcome {
-                    served: retained.as_ref().map(|(_, b)| b.clone()),
+                    served,
                     condition: Some(Condition::not_ready(failure.reason(), message, generation)),
                     last_valid: retained,
                 }

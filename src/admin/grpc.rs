@@ -1,0 +1,89 @@
+//! The gRPC admin service: read-only views of the published state.
+
+use tonic::{Request, Response, Status};
+
+use super::proto::{
+    self, ListBundlesRequest, ListBundlesResponse, ListStatusesRequest, ListStatusesResponse,
+    admin_server::Admin,
+};
+use crate::pipeline::Published;
+use crate::status::StatusTarget;
+
+pub struct AdminService {
+    published: Published,
+}
+
+impl AdminService {
+    pub fn new(published: Published) -> Self {
+        Self { published }
+    }
+
+    pub fn into_server(self) -> proto::admin_server::AdminServer<Self> {
+        proto::admin_server::AdminServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_bundles(
+        &self,
+        _: Request<ListBundlesRequest>,
+    ) -> Result<Response<ListBundlesResponse>, Status> {
+        let snapshot = self.published.snapshot.borrow().clone();
+        let bundles = snapshot
+            .resources
+            .iter()
+            .map(|(name, bundle)| proto::Bundle {
+                name: name.to_string(),
+                version: bundle.version().to_owned(),
+                certificates: bundle
+                    .certificates()
+                    .iter()
+                    .map(|c| proto::Certificate {
+                        subject: c.subject.clone(),
+                        display_name: c.display_name.clone(),
+                        sha256: c.sha256.clone(),
+                        not_before: c.not_before,
+                        not_after: c.not_after,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListBundlesResponse { bundles }))
+    }
+
+    async fn list_statuses(
+        &self,
+        _: Request<ListStatusesRequest>,
+    ) -> Result<Response<ListStatusesResponse>, Status> {
+        let statuses = self.published.statuses.borrow().clone();
+        let health = self.published.health.borrow().clone();
+        let statuses = statuses
+            .iter()
+            .map(|(target, c)| {
+                let (kind, key) = match target {
+                    StatusTarget::Registration(k) => ("MCPServerRegistration", k),
+                    StatusTarget::Extension(k) => ("MCPGatewayExtension", k),
+                };
+                proto::ObjectStatus {
+                    kind: kind.to_owned(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    ready: c.ready,
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                    observed_generation: c.observed_generation.unwrap_or_default(),
+                }
+            })
+            .collect();
+        let source = proto::SourceHealth {
+            synced: health.synced,
+            error: health.error.clone().unwrap_or_default(),
+            skipped: health.skipped.clone().into_iter().collect(),
+        };
+        Ok(Response::new(ListStatusesResponse {
+            statuses,
+            source: Some(source),
+        }))
+    }
+}

@@ -1,0 +1,127 @@
+//! Admin HTTP: `/healthz`, `/readyz`, `/metrics` and JSON views (`/bundles`, `/statuses`).
+//!
+//! Readiness stays up while the source is stale: replicas keep serving the last snapshot
+//! (fail static) and the body says why it may be stale. Only a source that has never
+//! delivered a complete view makes a replica unready.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+
+use crate::metrics::{Metrics, ReadyLabels, ResourceLabels};
+use crate::pipeline::Published;
+use crate::sds::clients::ClientRegistry;
+
+#[derive(Clone)]
+struct AdminState {
+    published: Published,
+    metrics: Arc<Metrics>,
+    clients: Arc<ClientRegistry>,
+}
+
+pub fn router(published: Published, metrics: Arc<Metrics>, clients: Arc<ClientRegistry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/bundles", get(bundles))
+        .route("/statuses", get(statuses))
+        .route("/clients", get(list_clients))
+        .with_state(AdminState {
+            published,
+            metrics,
+            clients,
+        })
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let health = s.published.health.borrow().clone();
+    match (&health.synced, &health.error) {
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: source has not synced yet\n".to_owned(),
+        ),
+        (true, Some(e)) => (StatusCode::OK, format!("ready (source stale: {e})\n")),
+        (true, None) => (StatusCode::OK, "ready\n".to_owned()),
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    // Gauges derived from the published state are refreshed at scrape time.
+    let snapshot = s.published.snapshot.borrow().clone();
+    s.metrics.bundle_expiry.clear();
+    for (name, bundle) in &snapshot.resources {
+        if let Some(first) = bundle.earliest_expiry() {
+            let labels = ResourceLabels {
+                resource: name.to_string(),
+            };
+            s.metrics
+                .bundle_expiry
+                .get_or_create(&labels)
+                .set(first.not_after);
+        }
+    }
+    let statuses = s.published.statuses.borrow().clone();
+    let ready = statuses.values().filter(|c| c.ready).count() as i64;
+    s.metrics
+        .statuses
+        .get_or_create(&ReadyLabels { ready: "true" })
+        .set(ready);
+    s.metrics
+        .statuses
+        .get_or_create(&ReadyLabels { ready: "false" })
+        .set(statuses.len() as i64 - ready);
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+#[derive(serde::Serialize)]
+struct BundleView<'a> {
+    name: &'a str,
+    version: &'a str,
+    certificates: &'a [crate::bundle::CertSummary],
+}
+
+async fn bundles(State(s): State<AdminState>) -> impl IntoResponse {
+    let snapshot = s.published.snapshot.borrow().clone();
+    let views: Vec<BundleView<'_>> = snapshot
+        .resources
+        .iter()
+        .map(|(name, b)| BundleView {
+            name,
+            version: b.version(),
+            certificates: b.certificates(),
+        })
+        .collect();
+    Json(serde_json::to_value(views).unwrap_or_default())
+}
+
+#[derive(serde::Serialize)]
+struct StatusView<'a> {
+    target: &'a crate::status::StatusTarget,
+    #[serde(flatten)]
+    condition: &'a crate::status::Condition,
+}
+
+async fn statuses(State(s): State<AdminState>) -> impl IntoResponse {
+    let statuses = s.published.statuses.borrow().clone();
+    let health = s.published.health.borrow().clone();
+    let views: Vec<StatusView<'_>> = statuses
+        .iter()
+        .map(|(target, condition)| StatusView { target, condition })
+        .collect();
+    Json(serde_json::json!({ "source": *health, "statuses": views }))
+}
+
+async fn list_clients(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(serde_json::to_value(s.clients.list()).unwrap_or_default())
+}

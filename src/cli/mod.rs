@@ -1,0 +1,179 @@
+//! The `trust-sds` command line.
+
+mod check;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::sds::UnknownNamePolicy;
+use crate::server::{self, ServeConfig};
+use crate::translate::TranslateConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trust-sds",
+    version,
+    about = "Envoy SDS server for MCP gateway upstream CA trust bundles"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TRUST_SDS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve trust bundles over SDS (gRPC) with an admin HTTP endpoint.
+    Serve(ServeArgs),
+    /// Validate Secret manifests or PEM files offline, with the same messages as the server.
+    Check(check::CheckArgs),
+    /// Show the Ready conditions and served bundles of a running server.
+    Status(status::StatusArgs),
+    /// Print the CustomResourceDefinitions generated from the Rust types.
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Directory of YAML manifests (Secrets, MCPServerRegistrations, MCPGatewayExtensions,
+    /// HTTPRoutes), watched for changes. No cluster needed.
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
+    /// Namespace for manifests that name none.
+    #[arg(long, default_value = "default")]
+    default_namespace: String,
+    /// SDS/ADS gRPC listen address (also serves gRPC health and the admin API).
+    #[arg(long, default_value = "127.0.0.1:18000", env = "TRUST_SDS_LISTEN")]
+    listen: SocketAddr,
+    /// Also serve gRPC on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    uds: Option<PathBuf>,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /bundles, /statuses, /clients).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:18001",
+        env = "TRUST_SDS_ADMIN_LISTEN"
+    )]
+    admin_listen: SocketAddr,
+    /// Subscriptions to names that are not served: hold them, or answer not-found (Delta).
+    #[arg(long, value_enum, default_value_t = UnknownNamePolicy::Hold)]
+    unknown_names: UnknownNamePolicy,
+    /// Report certificates that expire within this many days.
+    #[arg(long, default_value_t = 30)]
+    expiry_warning_days: i64,
+}
+
+pub fn run() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(serve(args))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Check(args) => check::run(&args),
+        Command::Status(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(status::run(&args))
+        }
+        Command::Crd => {
+            print!("{}", crate::crd::crds_yaml()?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig {
+        sds_addr: args.listen,
+        uds_path: args.uds,
+        admin_addr: args.admin_listen,
+        unknown_names: args.unknown_names,
+        translate: TranslateConfig {
+            expiry_warning_secs: args.expiry_warning_days * 86_400,
+        },
+        ..ServeConfig::default()
+    };
+    let running = server::start_manifests(config, args.manifests, args.default_namespace).await?;
+    log_statuses(&running.published);
+    shutdown_signal().await;
+    tracing::info!(
+        streams = running.clients.len(),
+        "shutting down: draining streams"
+    );
+    running.shutdown().await;
+    Ok(())
+}
+
+/// In manifests mode there is no API server to write status to: log every change.
+fn log_statuses(published: &crate::pipeline::Published) {
+    let mut statuses = published.statuses.clone();
+    tokio::spawn(async move {
+        let mut last = crate::snapshot::StatusMap::new();
+        loop {
+            let current = statuses.borrow_and_update().clone();
+            for (target, c) in current.iter() {
+                if last.get(target) != Some(c) {
+                    let object = match target {
+                        crate::status::StatusTarget::Registration(k) => {
+                            format!("MCPServerRegistration {k}")
+                        }
+                        crate::status::StatusTarget::Extension(k) => {
+                            format!("MCPGatewayExtension {k}")
+                        }
+                    };
+                    if c.ready {
+                        tracing::info!(%object, ready = c.status_str(), reason = %c.reason, message = %c.message, "status");
+                    } else {
+                        tracing::warn!(%object, ready = c.status_str(), reason = %c.reason, message = %c.message, "status");
+                    }
+                }
+            }
+            last = (*current).clone();
+            if statuses.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,79 @@
+//! `trust-sds status`: what a running server reports, through its gRPC admin API.
+
+use std::process::ExitCode;
+
+use crate::admin::proto::admin_client::AdminClient;
+use crate::admin::proto::{ListBundlesRequest, ListStatusesRequest};
+use crate::translate::format_unix;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The server's gRPC address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:18000",
+        env = "TRUST_SDS_SERVER"
+    )]
+    server: String,
+    /// Also list every served bundle and its certificates.
+    #[arg(long)]
+    bundles: bool,
+}
+
+pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut client = AdminClient::connect(args.server.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach trust-sds at {}: {e}", args.server))?;
+    let statuses = client
+        .list_statuses(ListStatusesRequest {})
+        .await?
+        .into_inner();
+    if let Some(source) = &statuses.source {
+        let state = match (source.synced, source.error.is_empty()) {
+            (false, _) => "not synced".to_owned(),
+            (true, true) => "synced".to_owned(),
+            (true, false) => format!("stale: {}", source.error),
+        };
+        println!("source: {state}");
+        for (location, reason) in &source.skipped {
+            println!("  skipped {location}: {reason}");
+        }
+    }
+    println!(
+        "{:<24} {:<40} {:<6} {:<26} MESSAGE",
+        "KIND", "NAMESPACE/NAME", "READY", "REASON"
+    );
+    let mut all_ready = true;
+    for s in &statuses.statuses {
+        all_ready &= s.ready;
+        let ready = if s.ready { "True" } else { "False" };
+        let object = format!("{}/{}", s.namespace, s.name);
+        println!(
+            "{:<24} {:<40} {:<6} {:<26} {}",
+            s.kind, object, ready, s.reason, s.message
+        );
+    }
+    if args.bundles {
+        let bundles = client
+            .list_bundles(ListBundlesRequest {})
+            .await?
+            .into_inner();
+        println!();
+        for b in &bundles.bundles {
+            println!("{} (version {})", b.name, b.version);
+            for c in &b.certificates {
+                println!(
+                    "  {}  sha256:{}  expires {}",
+                    c.subject,
+                    c.sha256,
+                    format_unix(c.not_after)
+                );
+            }
+        }
+    }
+    Ok(if all_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics. One [`Metrics`] value is shared by the SDS server, the pipeline
+//! views and the admin endpoint that renders it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which discovery API a stream uses.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub ready: &'static str,
+}
+
+pub struct Metrics {
+    pub streams: Family<ApiLabels, Gauge>,
+    pub responses: Family<ApiLabels, Counter>,
+    pub resources_sent: Family<ApiLabels, Counter>,
+    pub acks: Family<ApiLabels, Counter>,
+    pub nacks: Family<ApiLabels, Counter>,
+    pub rejected_requests: Family<ApiLabels, Counter>,
+    /// Seconds from a snapshot's publication to a stream writing its response.
+    pub push_latency: Histogram,
+    pub snapshots: Counter,
+    pub bundle_expiry: Family<ResourceLabels, Gauge>,
+    pub statuses: Family<ReadyLabels, Gauge>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trust_sds");
+        let m = Self {
+            streams: Family::default(),
+            responses: Family::default(),
+            resources_sent: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            rejected_requests: Family::default(),
+            push_latency: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            snapshots: Counter::default(),
+            bundle_expiry: Family::default(),
+            statuses: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sds_streams", "Open SDS streams", m.streams.clone());
+        registry.register(
+            "sds_responses",
+            "Discovery responses sent",
+            m.responses.clone(),
+        );
+        registry.register(
+            "sds_resources_sent",
+            "Resources sent in responses",
+            m.resources_sent.clone(),
+        );
+        registry.register(
+            "sds_acks",
+            "Responses acknowledged by clients",
+            m.acks.clone(),
+        );
+        registry.register(
+            "sds_nacks",
+            "Responses rejected by clients (NACK)",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "sds_rejected_requests",
+            "Requests refused (unsupported type, malformed)",
+            m.rejected_requests.clone(),
+        );
+        registry.register(
+            "sds_push_latency_seconds",
+            "Snapshot publication to response written",
+            m.push_latency.clone(),
+        );
+        registry.register("snapshots", "Snapshots published", m.snapshots.clone());
+        registry.register(
+            "bundle_expiry_timestamp_seconds",
+            "Earliest certificate expiry of each served bundle (Unix seconds)",
+            m.bundle_expiry.clone(),
+        );
+        registry.register("statuses", "Ready conditions by value", m.statuses.clone());
+        Self { registry, ..m }
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

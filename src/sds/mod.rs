@@ -1,0 +1,33 @@
+//! The Secret Discovery Service (xDS v3): State-of-the-World, Delta, Fetch and ADS.
+//!
+//! This layer sees only domain snapshots ([`crate::snapshot::Snapshot`]), never Kubernetes
+//! types. Each resource is encoded once per version ([`encode`]); each stream is a small
+//! state machine ([`sotw`], [`delta`]) driven by one task that selects over client
+//! requests, snapshot changes and shutdown ([`service`]).
+
+pub mod clients;
+pub mod delta;
+pub mod encode;
+pub mod service;
+pub mod sotw;
+
+/// The type URL of `envoy.extensions.transport_sockets.tls.v3.Secret`.
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// What to do when a client subscribes to a name that is not (yet) served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownNamePolicy {
+    /// Say nothing until the resource appears, then push it.
+    #[default]
+    Hold,
+    /// Delta: answer at once with the name in `removed_resources`. (SotW cannot express
+    /// absence for Secrets, so it holds.)
+    NotFound,
+}
+
+/// Whether a request's type URL is one this server answers. Empty means "the service's
+/// own type" on the SDS endpoints.
+pub fn accepts_type(type_url: &str, allow_empty: bool) -> bool {
+    type_url == SECRET_TYPE_URL || (allow_empty && type_url.is_empty())
+}

@@ -1,0 +1,360 @@
+//! The gRPC services: `SecretDiscoveryService` and `AggregatedDiscoveryService` (Secrets
+//! only), and the one loop every stream runs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::UnknownNamePolicy;
+use super::clients::{ClientInfo, ClientRegistry};
+use super::delta::DeltaStream;
+use super::encode::SdsSnapshot;
+use super::sotw::{Ack, SotwStream};
+use crate::metrics::{ApiLabels, Metrics};
+
+/// Shared by every stream.
+#[derive(Clone)]
+pub struct SdsServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+    policy: UnknownNamePolicy,
+    metrics: Arc<Metrics>,
+    clients: Arc<ClientRegistry>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SdsServer {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+        policy: UnknownNamePolicy,
+        metrics: Arc<Metrics>,
+        clients: Arc<ClientRegistry>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                snapshots,
+                policy,
+                metrics,
+                clients,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn sds_service(&self) -> SecretDiscoveryServiceServer<Self> {
+        SecretDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    fn spawn<M: Machine>(
+        &self,
+        api: &'static str,
+        machine: M,
+        request: Request<Streaming<M::Req>>,
+    ) -> ResponseStream<M::Resp> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unix".to_owned());
+        let requests = request.into_inner();
+        // One slot: a slow client blocks only its own task, which then skips to the newest
+        // snapshot instead of queueing stale ones.
+        let (tx, rx) = mpsc::channel(1);
+        let inner = self.inner.clone();
+        tokio::spawn(run_stream(inner, api, peer, machine, requests, tx));
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream's protocol state machine.
+trait Machine: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    fn on_request(&mut self, req: &Self::Req, snap: &SdsSnapshot) -> (Ack, Option<Self::Resp>);
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<Self::Resp>;
+    fn node(req: &Self::Req) -> Option<String>;
+    fn subscription(&self) -> (Vec<String>, bool);
+    fn resource_count(resp: &Self::Resp) -> usize;
+}
+
+impl Machine for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &SdsSnapshot,
+    ) -> (Ack, Option<DiscoveryResponse>) {
+        SotwStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snap)
+    }
+    fn node(req: &DiscoveryRequest) -> Option<String> {
+        req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn subscription(&self) -> (Vec<String>, bool) {
+        (
+            self.names().map(str::to_owned).collect(),
+            self.is_wildcard(),
+        )
+    }
+    fn resource_count(resp: &DiscoveryResponse) -> usize {
+        resp.resources.len()
+    }
+}
+
+impl Machine for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snap: &SdsSnapshot,
+    ) -> (Ack, Option<DeltaDiscoveryResponse>) {
+        DeltaStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snap)
+    }
+    fn node(req: &DeltaDiscoveryRequest) -> Option<String> {
+        req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn subscription(&self) -> (Vec<String>, bool) {
+        (
+            self.names().map(str::to_owned).collect(),
+            self.is_wildcard(),
+        )
+    }
+    fn resource_count(resp: &DeltaDiscoveryResponse) -> usize {
+        resp.resources.len() + resp.removed_resources.len()
+    }
+}
+
+/// Removes the stream from the registry and the gauge however the task ends.
+struct StreamGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+    labels: ApiLabels,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.clients.close(self.id);
+        self.inner.metrics.streams.get_or_create(&self.labels).dec();
+    }
+}
+
+async fn run_stream<M: Machine>(
+    inner: Arc<Inner>,
+    api: &'static str,
+    peer: String,
+    mut machine: M,
+    mut requests: Streaming<M::Req>,
+    tx: mpsc::Sender<Result<M::Resp, Status>>,
+) {
+    let labels = ApiLabels { api };
+    inner.metrics.streams.get_or_create(&labels).inc();
+    let id = inner.clients.open(ClientInfo {
+        api,
+        peer,
+        ..ClientInfo::default()
+    });
+    let _guard = StreamGuard {
+        inner: &inner,
+        id,
+        labels: labels.clone(),
+    };
+    let mut snapshots = inner.snapshots.clone();
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let response = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            request = requests.message() => {
+                let request = match request {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(api, %status, "stream ended by client error");
+                        break;
+                    }
+                };
+                let snap = snapshots.borrow_and_update().clone();
+                let (ack, response) = machine.on_request(&request, &snap);
+                record(&inner, api, id, &machine, M::node(&request), &ack);
+                response.map(|r| (r, snap))
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() { break; }
+                let snap = snapshots.borrow_and_update().clone();
+                machine.on_snapshot(&snap).map(|r| (r, snap))
+            }
+        };
+        if let Some((response, snap)) = response {
+            inner.metrics.responses.get_or_create(&labels).inc();
+            inner
+                .metrics
+                .resources_sent
+                .get_or_create(&labels)
+                .inc_by(M::resource_count(&response) as u64);
+            if tx.send(Ok(response)).await.is_err() {
+                break;
+            }
+            inner
+                .metrics
+                .push_latency
+                .observe(snap.published.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn record<M: Machine>(
+    inner: &Inner,
+    api: &'static str,
+    id: u64,
+    machine: &M,
+    node: Option<String>,
+    ack: &Ack,
+) {
+    let labels = ApiLabels { api };
+    match ack {
+        Ack::Ack { .. } => {
+            inner.metrics.acks.get_or_create(&labels).inc();
+        }
+        Ack::Nack { version, message } => {
+            inner.metrics.nacks.get_or_create(&labels).inc();
+            tracing::warn!(api, %version, %message, "client rejected a response (NACK); it is not resent");
+        }
+        Ack::UnsupportedType(type_url) => {
+            inner.metrics.rejected_requests.get_or_create(&labels).inc();
+            tracing::warn!(api, %type_url, "request for an unsupported type ignored; this server serves Secrets only");
+            return;
+        }
+        Ack::Stale => {
+            tracing::debug!(api, "request with a stale nonce ignored");
+            return;
+        }
+        Ack::None => {}
+    }
+    let (names, wildcard) = machine.subscription();
+    inner.clients.update(id, |info| {
+        if let Some(node) = node.filter(|n| !n.is_empty()) {
+            info.node = node;
+        }
+        info.names = names;
+        info.wildcard = wildcard;
+        match ack {
+            Ack::Ack { version } => info.acked = Some(version.clone()),
+            Ack::Nack { version, message } => {
+                info.nacked = Some(version.clone());
+                info.nack_message = Some(message.clone());
+                info.nacks += 1;
+            }
+            _ => {}
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsServer {
+    type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let machine = DeltaStream::new(self.inner.policy, true);
+        Ok(Response::new(self.spawn("delta", machine, request)))
+    }
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        Ok(Response::new(self.spawn(
+            "sotw",
+            SotwStream::new(true),
+            request,
+        )))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let req = request.into_inner();
+        if !super::accepts_type(&req.type_url, true) {
+            return Err(Status::invalid_argument(format!(
+                "unsupported type_url {:?}: this server serves {}",
+                req.type_url,
+                super::SECRET_TYPE_URL
+            )));
+        }
+        if req.resource_names.is_empty() {
+            return Err(Status::invalid_argument(
+                "FetchSecrets needs resource_names (e.g. \"<namespace>/<registration>\")",
+            ));
+        }
+        let snap = self.inner.snapshots.borrow().clone();
+        let mut stream = SotwStream::new(true);
+        match stream.on_request(&req, &snap).1 {
+            Some(mut response) => {
+                response.nonce.clear();
+                Ok(Response::new(response))
+            }
+            None => Err(Status::not_found(format!(
+                "no bundle is served for {}",
+                req.resource_names.join(", ")
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for SdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.spawn(
+            "ads",
+            SotwStream::new(false),
+            request,
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let machine = DeltaStream::new(self.inner.policy, false);
+        Ok(Response::new(self.spawn("ads-delta", machine, request)))
+    }
+}

@@ -1,0 +1,155 @@
+//! State-of-the-World stream state (StreamSecrets and SotW ADS).
+//!
+//! Each response carries every subscribed resource that exists (the state of the world of
+//! the subscription), and is sent only when that set's content differs from the last
+//! response: ACKs get no reply, byte-identical content is never pushed, a NACKed version is
+//! never resent. Requests with a stale nonce are ignored, as the xDS protocol prescribes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::encode::SdsSnapshot;
+use super::{SECRET_TYPE_URL, accepts_type};
+use crate::bundle::content_version;
+
+/// What a request meant, for logs, metrics and the client registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    None,
+    Ack { version: String },
+    Nack { version: String, message: String },
+    Stale,
+    UnsupportedType(String),
+}
+
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    names: BTreeSet<String>,
+    wildcard: bool,
+    /// name -> version in the last response.
+    sent: BTreeMap<Arc<str>, Arc<str>>,
+    nonce: u64,
+    last_nonce: Option<String>,
+    started: bool,
+    allow_empty_type: bool,
+}
+
+impl SotwStream {
+    /// `allow_empty_type`: the SDS endpoint accepts requests without a type URL; ADS does not.
+    pub fn new(allow_empty_type: bool) -> Self {
+        Self {
+            allow_empty_type,
+            ..Self::default()
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Applies a request: ACK/NACK bookkeeping and subscription changes. Returns what the
+    /// request meant and, when the subscription grew onto existing content, a response.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &SdsSnapshot,
+    ) -> (Ack, Option<DiscoveryResponse>) {
+        if !accepts_type(&req.type_url, self.allow_empty_type) {
+            return (Ack::UnsupportedType(req.type_url.clone()), None);
+        }
+        let ack = match (&self.last_nonce, req.response_nonce.as_str()) {
+            (_, "") => Ack::None,
+            (Some(last), nonce) if last == nonce => match &req.error_detail {
+                Some(status) => Ack::Nack {
+                    version: req.version_info.clone(),
+                    message: status.message.clone(),
+                },
+                None => Ack::Ack {
+                    version: req.version_info.clone(),
+                },
+            },
+            _ => return (Ack::Stale, None),
+        };
+        let first = !self.started;
+        self.started = true;
+        let requested: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        self.wildcard = requested.contains("*")
+            || (first && requested.is_empty())
+            || (self.wildcard && requested.is_empty());
+        self.names = requested.into_iter().filter(|n| n != "*").collect();
+        // Names no longer subscribed are forgotten, so a later re-subscription is answered.
+        let (names, wildcard) = (&self.names, self.wildcard);
+        self.sent.retain(|n, _| wildcard || names.contains(&**n));
+        (ack, self.respond(snap))
+    }
+
+    /// A new snapshot: a response if the subscribed content changed.
+    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+        if !self.started {
+            return None;
+        }
+        self.respond(snap)
+    }
+
+    fn respond(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+        let view: BTreeMap<Arc<str>, &Arc<super::encode::EncodedResource>> = if self.wildcard {
+            snap.resources.iter().map(|(n, r)| (n.clone(), r)).collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|n| snap.resources.get_key_value(n.as_str()))
+                .map(|(n, r)| (n.clone(), r))
+                .collect()
+        };
+        let changed = view
+            .iter()
+            .any(|(n, r)| self.sent.get(n).is_none_or(|v| *v != r.version));
+        if !changed {
+            // Withdrawn names cannot be expressed in SotW for Secrets; forget them so their
+            // return is pushed.
+            self.sent.retain(|n, _| view.contains_key(n));
+            return None;
+        }
+        self.sent = view
+            .iter()
+            .map(|(n, r)| (n.clone(), r.version.clone()))
+            .collect();
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        self.last_nonce = Some(nonce.clone());
+        Some(DiscoveryResponse {
+            version_info: self.version_info(),
+            resources: view.values().map(|r| r.any.clone()).collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// The response version: the resource's own content hash for a single resource, else a
+    /// hash of every (name, version) pair. Content-derived, so stable across restarts.
+    fn version_info(&self) -> String {
+        if self.sent.len() == 1 {
+            return self
+                .sent
+                .values()
+                .next()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+        }
+        let mut joined = String::new();
+        for (n, v) in &self.sent {
+            joined.push_str(n);
+            joined.push('=');
+            joined.push_str(v);
+            joined.push('\n');
+        }
+        content_version(joined.as_bytes())
+    }
+}

@@ -1,0 +1,179 @@
+//! Wiring for `trust-sds serve`: source -> pipeline -> encoder -> gRPC (SDS, ADS, health,
+//! admin) on TCP and optionally a Unix socket, plus the admin HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Published, SourceEvent};
+use crate::sds::UnknownNamePolicy;
+use crate::sds::clients::ClientRegistry;
+use crate::sds::encode::spawn_encoder;
+use crate::sds::service::SdsServer;
+use crate::source::manifests::ManifestsSource;
+use crate::translate::TranslateConfig;
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub sds_addr: SocketAddr,
+    pub uds_path: Option<PathBuf>,
+    pub admin_addr: SocketAddr,
+    pub unknown_names: UnknownNamePolicy,
+    pub translate: TranslateConfig,
+    /// Largest gRPC message accepted from a client.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            sds_addr: ([127, 0, 0, 1], 0).into(),
+            uds_path: None,
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            unknown_names: UnknownNamePolicy::default(),
+            translate: TranslateConfig::default(),
+            max_request_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub sds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub published: Published,
+    pub metrics: Arc<Metrics>,
+    pub clients: Arc<ClientRegistry>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks every stream to end and waits for the servers to stop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when shutdown was requested (e.g. by a signal).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the server fed by the manifests directory `dir`.
+pub async fn start_manifests(
+    config: ServeConfig,
+    dir: PathBuf,
+    namespace: String,
+) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "manifests directory {} does not exist or is not a directory",
+        dir.display()
+    );
+    let (tx, rx) = mpsc::channel(1024);
+    let mut running = start(config, rx).await?;
+    running.tasks.push(tokio::spawn(async move {
+        if let Err(e) = ManifestsSource::new(dir, namespace).run(tx).await {
+            tracing::error!(error = %e, "manifests source stopped");
+        }
+    }));
+    Ok(running)
+}
+
+/// Starts the server fed by `events` (any source, or a test).
+pub async fn start(
+    config: ServeConfig,
+    events: mpsc::Receiver<SourceEvent>,
+) -> anyhow::Result<Running> {
+    let (pipeline, published) = Pipeline::new(config.translate.clone());
+    let metrics = Arc::new(Metrics::new());
+    let clients = Arc::new(ClientRegistry::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(pipeline.run(events))];
+
+    let encoded = spawn_encoder(published.snapshot.clone(), metrics.clone());
+    let sds = SdsServer::new(
+        encoded,
+        config.unknown_names,
+        metrics.clone(),
+        clients.clone(),
+        shutdown_rx.clone(),
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer<SdsServer>>()
+        .await;
+    let max = config.max_request_bytes;
+    let router = tonic::transport::Server::builder()
+        .add_service(sds.sds_service().max_decoding_message_size(max))
+        .add_service(sds.ads_service().max_decoding_message_size(max))
+        .add_service(health_service)
+        .add_service(admin::grpc::AdminService::new(published.clone()).into_server());
+
+    let listener = TcpListener::bind(config.sds_addr)
+        .await
+        .with_context(|| format!("cannot listen for SDS on {}", config.sds_addr))?;
+    let sds_addr = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen for admin HTTP on {}", config.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    if let Some(path) = &config.uds_path {
+        let _ = std::fs::remove_file(path);
+        let uds = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+        let router = router.clone();
+        let stop = wait_for_stop(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                tracing::error!(error = %e, "unix socket server failed");
+            }
+        }));
+    }
+    let stop = wait_for_stop(shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!(error = %e, "SDS server failed");
+        }
+    }));
+    let app = admin::http::router(published.clone(), metrics.clone(), clients.clone());
+    let stop = wait_for_stop(shutdown_rx);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }));
+    tracing::info!(%sds_addr, %admin_addr, "trust-sds serving");
+    Ok(Running {
+        sds_addr,
+        admin_addr,
+        published,
+        metrics,
+        clients,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn wait_for_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,282 @@
+//! The `--manifests DIR` source: multi-document YAML files of the same objects a cluster
+//! would hold, watched for changes.
+//!
+//! Every change triggers a debounced rescan of the directory, so any edit pattern (in-place
+//! write, create, delete, rename, an editor's write-to-temp-then-rename, a ConfigMap
+//! volume's `..data` symlink swap) ends in the same state. Files whose bytes did not change
+//! are not parsed again. A file that fails to parse keeps its previously loaded objects and
+//! is reported; it never takes away what other files provide.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::crd::convert::decode_document;
+use crate::model::Object;
+use crate::pipeline::SourceEvent;
+use crate::snapshot::SourceHealth;
+
+/// Quiet time after a file event before rescanning: editors emit bursts of events.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Longest a rescan waits while events keep coming.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(200);
+/// Safety-net rescan, and retry of a lost watch (e.g. the directory was removed).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// What was loaded from one file.
+#[derive(Debug, Clone)]
+struct FileState {
+    digest: [u8; 32],
+    objects: Vec<Object>,
+}
+
+/// The result of parsing one file.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    pub objects: Vec<Object>,
+    /// Documents that were skipped, as (location, reason).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Parses multi-document YAML. A syntax error fails the whole file (its objects are kept
+/// from the last good version); a document that is not a valid object is skipped alone.
+pub fn parse_manifests(
+    text: &str,
+    origin: &str,
+    default_namespace: &str,
+) -> Result<ParsedFile, String> {
+    let mut documents = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc)
+            .map_err(|e| format!("{origin}: document {}: {e}", i + 1))?;
+        documents.push((i + 1, value));
+    }
+    let mut parsed = ParsedFile::default();
+    for (n, value) in documents {
+        let items = match value {
+            serde_json::Value::Null => continue,
+            serde_json::Value::Object(ref map)
+                if map.get("kind").and_then(|k| k.as_str()) == Some("List") =>
+            {
+                map.get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            serde_json::Value::Object(_) => vec![value],
+            _ => {
+                parsed.skipped.push((
+                    format!("{origin}#{n}"),
+                    "document is not a mapping".to_owned(),
+                ));
+                continue;
+            }
+        };
+        for item in items {
+            match decode_document(item, default_namespace) {
+                Ok(Some(object)) => parsed.objects.push(object),
+                Ok(None) => {}
+                Err(e) => parsed
+                    .skipped
+                    .push((format!("{origin}#{n}"), e.to_string())),
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Loads and watches a directory of manifests.
+pub struct ManifestsSource {
+    dir: PathBuf,
+    default_namespace: String,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl ManifestsSource {
+    pub fn new(dir: impl Into<PathBuf>, default_namespace: impl Into<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            default_namespace: default_namespace.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Scans the directory once: the complete object set (or `None` if the directory
+    /// cannot be read, in which case nothing changes) and the health to report.
+    pub fn scan(&mut self) -> (Option<Vec<Object>>, SourceHealth) {
+        let mut health = SourceHealth {
+            synced: true,
+            ..SourceHealth::default()
+        };
+        let paths = match list_manifest_files(&self.dir) {
+            Ok(paths) => paths,
+            Err(e) => {
+                health.error = Some(format!(
+                    "manifests directory {} is unreadable ({e}); serving the last loaded state",
+                    self.dir.display()
+                ));
+                return (None, health);
+            }
+        };
+        let mut files = BTreeMap::new();
+        for path in paths {
+            let origin = path.display().to_string();
+            let previous = self.files.remove(&path);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Vanished between listing and reading: a rename in progress; next scan sees it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    health.skipped.insert(origin, format!("unreadable: {e}"));
+                    files.extend(previous.map(|p| (path, p)));
+                    continue;
+                }
+            };
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            if let Some(previous) = previous.as_ref().filter(|p| p.digest == digest) {
+                files.insert(path, previous.clone());
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match parse_manifests(&text, &origin, &self.default_namespace) {
+                Ok(parsed) => {
+                    health.skipped.extend(parsed.skipped);
+                    files.insert(
+                        path,
+                        FileState {
+                            digest,
+                            objects: parsed.objects,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(file = %origin, error = %e, "manifest file skipped; keeping what it held before");
+                    health.skipped.insert(origin, e);
+                    if let Some(previous) = previous {
+                        files.insert(path, previous);
+                    }
+                }
+            }
+        }
+        self.files = files;
+        let objects = self
+            .files
+            .values()
+            .flat_map(|f| f.objects.iter().cloned())
+            .collect();
+        (Some(objects), health)
+    }
+
+    /// Scans now, then on every change until `events` closes.
+    pub async fn run(mut self, events: mpsc::Sender<SourceEvent>) -> anyhow::Result<()> {
+        let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = fs_tx.send(());
+                }
+            })?;
+        let mut watching = false;
+        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !watching {
+                watching = self.watch(&mut watcher);
+            }
+            let (objects, health) = self.scan();
+            if objects.is_none() {
+                // The directory is gone or unreadable: re-establish the watch when it returns.
+                watching = false;
+            }
+            for (location, reason) in &health.skipped {
+                tracing::debug!(%location, %reason, "skipped manifest input");
+            }
+            if let Some(objects) = objects
+                && events.send(SourceEvent::ResetAll(objects)).await.is_err()
+            {
+                return Ok(());
+            }
+            if events.send(SourceEvent::Health(health)).await.is_err() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = fs_rx.recv() => {
+                    if changed.is_none() { return Ok(()); }
+                    debounce(&mut fs_rx).await;
+                }
+                _ = rescan.tick() => {}
+                _ = events.closed() => return Ok(()),
+            }
+        }
+    }
+
+    fn watch(&self, watcher: &mut notify::RecommendedWatcher) -> bool {
+        use notify::{RecursiveMode, Watcher};
+        // The parent too, so that a removed directory's return is noticed at once.
+        if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = watcher.watch(parent, RecursiveMode::NonRecursive);
+        }
+        match watcher.watch(&self.dir, RecursiveMode::Recursive) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch manifests directory; retrying");
+                false
+            }
+        }
+    }
+}
+
+/// Waits until events stop arriving for [`DEBOUNCE`] (at most [`DEBOUNCE_MAX`]).
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::Instant::now() + DEBOUNCE;
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            _ = tokio::time::sleep_until(quiet.min(deadline)) => return,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// Lists `*.yaml`, `*.yml` and `*.json` files below `dir`, sorted, skipping hidden entries
+/// (editor swap files, a ConfigMap volume's `..data` directories) and backups (`~`).
+pub fn list_manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let root_meta = std::fs::metadata(dir)?;
+    if !root_meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name.ends_with('~') {
+                continue;
+            }
+            let path = entry.path();
+            // Follows symlinks, as a ConfigMap volume's files are links into `..data`.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,3 @@
+//! Sources of objects. Each one feeds [`crate::pipeline::SourceEvent`]s to the pipeline.
+
+pub mod manifests;
