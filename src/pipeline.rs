@@ -23,6 +23,9 @@ pub enum SourceEvent {
     /// A complete view of every kind (the manifests source after each scan).
     ResetAll(Vec<Object>),
     Health(SourceHealth),
+    /// Answered once every earlier event is translated and published: lets a source (or a
+    /// test) know its changes are visible.
+    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Read side of the pipeline: what the SDS server, admin API and status writer consume.
@@ -67,9 +70,11 @@ impl Pipeline {
         (pipeline, published)
     }
 
-    /// Applies one event to the index (no translation yet).
-    pub fn handle(&mut self, event: SourceEvent) {
+    /// Applies one event to the index (no translation yet). A `Sync` is returned to be
+    /// answered after the next flush.
+    pub fn handle(&mut self, event: SourceEvent) -> Option<tokio::sync::oneshot::Sender<()>> {
         match event {
+            SourceEvent::Sync(done) => return Some(done),
             SourceEvent::Apply(object) => {
                 self.index.apply(object);
             }
@@ -98,6 +103,7 @@ impl Pipeline {
                 publish_if_changed(&self.health, health, |a, b| a == b);
             }
         }
+        None
     }
 
     /// Translates pending work and publishes what changed.
@@ -132,19 +138,23 @@ impl Pipeline {
     pub async fn run(mut self, mut events: mpsc::Receiver<SourceEvent>) {
         let mut recheck = tokio::time::interval(EXPIRY_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut synced = Vec::new();
         loop {
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { break };
-                    self.handle(event);
+                    synced.extend(self.handle(event));
                     // Take everything that is already queued before translating once.
                     while let Ok(event) = events.try_recv() {
-                        self.handle(event);
+                        synced.extend(self.handle(event));
                     }
                 }
                 _ = recheck.tick() => self.index.mark_all(),
             }
             self.flush();
+            for done in synced.drain(..) {
+                let _ = done.send(());
+            }
         }
         tracing::debug!("pipeline stopped: all sources closed");
     }

@@ -51,10 +51,15 @@ pub struct Running {
     pub sds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub published: Published,
+    /// The encoded view every SDS stream reads.
+    pub sds_snapshot: watch::Receiver<Arc<crate::sds::encode::SdsSnapshot>>,
     pub metrics: Arc<Metrics>,
     pub clients: Arc<ClientRegistry>,
     shutdown: watch::Sender<bool>,
+    /// Listeners: awaited on shutdown so streams drain.
     tasks: Vec<JoinHandle<()>>,
+    /// Source and pipeline: stopped on shutdown (they end only when their inputs do).
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -63,6 +68,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        for t in self.background {
+            t.abort();
         }
     }
 
@@ -85,7 +93,7 @@ pub async fn start_manifests(
     );
     let (tx, rx) = mpsc::channel(1024);
     let mut running = start(config, rx).await?;
-    running.tasks.push(tokio::spawn(async move {
+    running.background.push(tokio::spawn(async move {
         if let Err(e) = ManifestsSource::new(dir, namespace).run(tx).await {
             tracing::error!(error = %e, "manifests source stopped");
         }
@@ -102,11 +110,12 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let clients = Arc::new(ClientRegistry::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn(pipeline.run(events))];
+    let background = vec![tokio::spawn(pipeline.run(events))];
+    let mut tasks = Vec::new();
 
     let encoded = spawn_encoder(published.snapshot.clone(), metrics.clone());
     let sds = SdsServer::new(
-        encoded,
+        encoded.clone(),
         config.unknown_names,
         metrics.clone(),
         clients.clone(),
@@ -167,10 +176,12 @@ pub async fn start(
         sds_addr,
         admin_addr,
         published,
+        sds_snapshot: encoded,
         metrics,
         clients,
         shutdown,
         tasks,
+        background,
     })
 }
 

@@ -28,7 +28,7 @@ impl Harness {
 
     fn apply(&mut self, objects: impl IntoIterator<Item = Object>) {
         for o in objects {
-            self.pipeline.handle(SourceEvent::Apply(o));
+            let _ = self.pipeline.handle(SourceEvent::Apply(o));
         }
         self.pipeline.flush();
     }

@@ -3,3 +3,4 @@
 
 pub mod objects;
 pub mod pki;
+pub mod sds;
