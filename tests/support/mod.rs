@@ -1,6 +1,8 @@
 //! Shared test support. Each integration test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod envoy;
 pub mod objects;
 pub mod pki;
 pub mod sds;
+pub mod upstream;

@@ -29,11 +29,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(policy: UnknownNamePolicy) -> Self {
-        let (events, rx) = mpsc::channel(1024);
-        let config = ServeConfig {
+        Self::start_with(ServeConfig {
             unknown_names: policy,
             ..ServeConfig::default()
-        };
+        })
+        .await
+    }
+
+    pub async fn start_with(config: ServeConfig) -> Self {
+        let (events, rx) = mpsc::channel(1024);
         let running = trust_sds::server::start(config, rx).await.expect("server");
         Self { running, events }
     }
