@@ -41,6 +41,20 @@ pub enum Check {
     Invalid(CertError),
 }
 
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::NotFound => f.write_str("secret not found"),
+            Check::MissingLabel => {
+                write!(f, "secret is missing required label {SECRET_LABEL}=true")
+            }
+            Check::MissingKey => f.write_str("secret key missing"),
+            Check::TooLarge => f.write_str("data exceeds the maximum size"),
+            Check::Invalid(why) => why.fmt(f),
+        }
+    }
+}
+
 /// A failed validation: renders the exact status message and reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {

@@ -15,16 +15,11 @@ use trust_sds::source::manifests::{ManifestsSource, parse_manifests};
 use trust_sds::translate::TranslateConfig;
 
 fn secret_yaml(name: &str, pem: &str) -> String {
-    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: team\n  labels:\n    mcp.kuadrant.io/secret: \"true\"\nstringData:\n  ca.crt: |\n{indented}"
-    )
+    support::manifests::secret_yaml("team", name, pem)
 }
 
 fn registration_yaml(name: &str, secret: &str) -> String {
-    format!(
-        "apiVersion: mcp.kuadrant.io/v1alpha1\nkind: MCPServerRegistration\nmetadata:\n  name: {name}\n  namespace: team\nspec:\n  prefix: {name}_\n  targetRef:\n    group: gateway.networking.k8s.io\n    kind: HTTPRoute\n    name: {name}-route\n  caCertSecretRef:\n    name: {secret}\n"
-    )
+    support::manifests::registration_yaml("team", name, secret)
 }
 
 struct Running {

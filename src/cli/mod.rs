@@ -1,6 +1,7 @@
 //! The `trust-sds` command line.
 
 mod check;
+mod probe;
 mod status;
 
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the Ready conditions and served bundles of a running server.
     Status(status::StatusArgs),
+    /// Do an MCP `initialize` over HTTPS against an upstream, trusting what trust-sds serves
+    /// for a registration (as the broker does).
+    Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types.
     Crd,
 }
@@ -89,6 +93,10 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(status::run(&args))
+        }
+        Command::Probe(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(probe::run(args))
         }
         Command::Crd => {
             print!("{}", crate::crd::crds_yaml()?);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod manifests;
 pub mod objects;
 pub mod pki;
 pub mod sds;
