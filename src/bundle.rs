@@ -25,7 +25,7 @@ pub struct CertSummary {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustBundle {
     pem: Arc<str>,
-    version: String,
+    version: Arc<str>,
     certs: Arc<[CertSummary]>,
     digests: Arc<[[u8; 32]]>,
 }
@@ -55,7 +55,7 @@ impl TrustBundle {
         let version = content_version(pem.as_bytes());
         Self {
             pem: pem.into(),
-            version,
+            version: version.into(),
             certs: certs.into(),
             digests: digests.into(),
         }

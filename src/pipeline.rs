@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::index::Index;
 use crate::model::{Kind, Object, ObjectKey};
-use crate::snapshot::{Snapshot, SourceHealth, StatusMap, publish_if_changed};
+use crate::snapshot::{Snapshot, SourceHealth, StatusMap, publish_if_changed, same_resources};
+use crate::status::StatusTarget;
 use crate::translate::{TranslateConfig, Translator};
 
 /// What a source tells the pipeline.
@@ -40,6 +41,9 @@ pub struct Published {
 pub struct Pipeline {
     index: Index,
     translator: Translator,
+    /// What was last published, kept to update only what a translation touched.
+    resources: std::collections::BTreeMap<Arc<str>, crate::bundle::TrustBundle>,
+    conditions: StatusMap,
     snapshot: watch::Sender<Arc<Snapshot>>,
     statuses: watch::Sender<Arc<StatusMap>>,
     health: watch::Sender<Arc<SourceHealth>>,
@@ -57,6 +61,8 @@ impl Pipeline {
         let pipeline = Self {
             index: Index::default(),
             translator: Translator::new(config),
+            resources: Default::default(),
+            conditions: StatusMap::new(),
             snapshot,
             statuses,
             health,
@@ -112,26 +118,64 @@ impl Pipeline {
         if dirty.is_empty() {
             return;
         }
-        self.translator.update(&self.index, &dirty, (self.clock)());
-        let snapshot = Snapshot {
-            resources: self
-                .translator
-                .resources()
-                .map(|(name, bundle)| (Arc::from(name), bundle.clone()))
-                .collect(),
-        };
-        if publish_if_changed(&self.snapshot, snapshot, Snapshot::same_content) {
-            tracing::debug!(
-                resources = self.snapshot.borrow().resources.len(),
-                "snapshot published"
-            );
+        let (resources_changed, statuses_changed) =
+            match self.translator.update(&self.index, &dirty, (self.clock)()) {
+                Some(keys) => self.apply_touched(&keys),
+                None => self.rebuild(),
+            };
+        if resources_changed {
+            let snapshot = Snapshot { resources: self.resources.clone() };
+            self.snapshot.send_replace(Arc::new(snapshot));
+            tracing::debug!(resources = self.resources.len(), "snapshot published");
         }
-        let statuses: StatusMap = self
+        if statuses_changed {
+            self.statuses.send_replace(Arc::new(self.conditions.clone()));
+        }
+    }
+
+    /// Updates the published maps for the registrations a translation touched.
+    fn apply_touched(&mut self, keys: &[ObjectKey]) -> (bool, bool) {
+        let (mut resources_changed, mut statuses_changed) = (false, false);
+        for key in keys {
+            let name: Arc<str> = Arc::from(key.to_string());
+            match self.translator.registration_bundle(key) {
+                Some(b) if self.resources.get(&name).map(|o| o.version()) != Some(b.version()) => {
+                    self.resources.insert(name, b.clone());
+                    resources_changed = true;
+                }
+                Some(_) => {}
+                None => resources_changed |= self.resources.remove(&name).is_some(),
+            }
+            let target = StatusTarget::Registration(key.clone());
+            match self.translator.registration_condition(key) {
+                Some(c) if self.conditions.get(&target).map(|o| &**o) != Some(c) => {
+                    self.conditions.insert(target, Arc::new(c.clone()));
+                    statuses_changed = true;
+                }
+                Some(_) => {}
+                None => statuses_changed |= self.conditions.remove(&target).is_some(),
+            }
+        }
+        (resources_changed, statuses_changed)
+    }
+
+    /// Rebuilds the published maps from every translation result.
+    fn rebuild(&mut self) -> (bool, bool) {
+        let resources: std::collections::BTreeMap<Arc<str>, crate::bundle::TrustBundle> = self
+            .translator
+            .resources()
+            .map(|(name, bundle)| (Arc::from(name), bundle.clone()))
+            .collect();
+        let conditions: StatusMap = self
             .translator
             .statuses()
-            .map(|(target, condition)| (target, condition.clone()))
+            .map(|(target, condition)| (target, Arc::new(condition.clone())))
             .collect();
-        publish_if_changed(&self.statuses, statuses, |a, b| a == b);
+        let resources_changed = !same_resources(&self.resources, &resources);
+        self.resources = resources;
+        let statuses_changed = conditions != self.conditions;
+        self.conditions = conditions;
+        (resources_changed, statuses_changed)
     }
 
     /// Runs until every sender of `events` is gone.

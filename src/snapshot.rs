@@ -16,12 +16,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Whether two snapshots serve the same names at the same versions.
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        self.resources.len() == other.resources.len()
-            && self
-                .resources
-                .iter()
-                .zip(other.resources.iter())
-                .all(|((n1, b1), (n2, b2))| n1 == n2 && b1.version() == b2.version())
+        same_resources(&self.resources, &other.resources)
     }
 
     pub fn get(&self, name: &str) -> Option<&TrustBundle> {
@@ -29,8 +24,17 @@ impl Snapshot {
     }
 }
 
+/// Whether two resource maps hold the same names at the same versions.
+pub fn same_resources(a: &BTreeMap<Arc<str>, TrustBundle>, b: &BTreeMap<Arc<str>, TrustBundle>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((n1, b1), (n2, b2))| n1 == n2 && b1.version() == b2.version())
+}
+
 /// Every `Ready` condition trust-sds owns.
-pub type StatusMap = BTreeMap<StatusTarget, Condition>;
+/// Conditions are shared, so publishing a map of thousands copies no strings.
+pub type StatusMap = BTreeMap<StatusTarget, Arc<Condition>>;
 
 /// How the source of objects is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -69,7 +69,8 @@ impl Translator {
     }
 
     /// Translates what `dirty` names again. Extensions first: they are every bundle's base.
-    pub fn update(&mut self, index: &Index, dirty: &Dirty, now: i64) {
+    /// Returns the registrations translated again, or `None` when everything was.
+    pub fn update(&mut self, index: &Index, dirty: &Dirty, now: i64) -> Option<Vec<ObjectKey>> {
         if self.parsed.len() > PARSE_CACHE_LIMIT {
             self.parsed.clear();
         }
@@ -92,7 +93,7 @@ impl Translator {
                 );
             }
             self.registrations = registrations;
-            return;
+            return None;
         }
         for key in &dirty.registrations {
             let previous = self.registrations.remove(key).unwrap_or_default();
@@ -101,6 +102,17 @@ impl Translator {
                 self.registrations.insert(key.clone(), outcome);
             }
         }
+        Some(dirty.registrations.iter().cloned().collect())
+    }
+
+    /// The bundle served for a registration, if any.
+    pub fn registration_bundle(&self, key: &ObjectKey) -> Option<&TrustBundle> {
+        self.registrations.get(key)?.served.as_ref()
+    }
+
+    /// The condition of a registration, if trust-sds reports one.
+    pub fn registration_condition(&self, key: &ObjectKey) -> Option<&Condition> {
+        self.registrations.get(key)?.condition.as_ref()
     }
 
     /// Every served bundle by resource name.

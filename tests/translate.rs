@@ -48,7 +48,7 @@ impl Harness {
     }
 
     fn condition(&self, ns: &str, name: &str) -> Condition {
-        self.published.statuses.borrow()[&StatusTarget::Registration(key(ns, name))].clone()
+        self.published.statuses.borrow()[&StatusTarget::Registration(key(ns, name))].as_ref().clone()
     }
 }
 

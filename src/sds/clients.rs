@@ -2,7 +2,7 @@
 //! requests (never on pushes), so it costs nothing on the fan-out path.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -18,23 +18,22 @@ pub struct ClientInfo {
     pub nacks: u64,
 }
 
+/// One stream's entry. Each stream updates its own entry (an uncontended lock); the
+/// registry's map is locked only when streams open and close.
+pub type ClientEntry = Arc<Mutex<ClientInfo>>;
+
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     next: AtomicU64,
-    streams: Mutex<BTreeMap<u64, ClientInfo>>,
+    streams: Mutex<BTreeMap<u64, ClientEntry>>,
 }
 
 impl ClientRegistry {
-    pub fn open(&self, info: ClientInfo) -> u64 {
+    pub fn open(&self, info: ClientInfo) -> (u64, ClientEntry) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, info);
-        id
-    }
-
-    pub fn update(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
-        if let Some(info) = self.lock().get_mut(&id) {
-            f(info);
-        }
+        let entry = Arc::new(Mutex::new(info));
+        self.lock().insert(id, entry.clone());
+        (id, entry)
     }
 
     pub fn close(&self, id: u64) {
@@ -42,7 +41,11 @@ impl ClientRegistry {
     }
 
     pub fn list(&self) -> Vec<ClientInfo> {
-        self.lock().values().cloned().collect()
+        let entries: Vec<ClientEntry> = self.lock().values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -53,7 +56,7 @@ impl ClientRegistry {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -19,10 +19,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::UnknownNamePolicy;
-use super::clients::{ClientInfo, ClientRegistry};
+use super::clients::{ClientEntry, ClientInfo, ClientRegistry};
 use super::delta::DeltaStream;
 use super::encode::SdsSnapshot;
 use super::sotw::{Ack, SotwStream};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+
 use crate::metrics::{ApiLabels, Metrics};
 
 /// Shared by every stream.
@@ -95,6 +97,8 @@ trait Machine: Send + 'static {
     fn on_request(&mut self, req: &Self::Req, snap: &SdsSnapshot) -> (Ack, Option<Self::Resp>);
     fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<Self::Resp>;
     fn node(req: &Self::Req) -> Option<String>;
+    /// Whether the request may change the subscription the registry shows.
+    fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
     fn subscription(&self) -> (Vec<String>, bool);
     fn resource_count(resp: &Self::Resp) -> usize;
 }
@@ -114,6 +118,9 @@ impl Machine for SotwStream {
     }
     fn node(req: &DiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
+        req.resource_names != shown
     }
     fn subscription(&self) -> (Vec<String>, bool) {
         (
@@ -142,6 +149,9 @@ impl Machine for DeltaStream {
     fn node(req: &DeltaDiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
     }
+    fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
+        !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
+    }
     fn subscription(&self) -> (Vec<String>, bool) {
         (
             self.names().map(str::to_owned).collect(),
@@ -153,17 +163,43 @@ impl Machine for DeltaStream {
     }
 }
 
+/// A stream's metric handles, resolved once so the push path takes no registry locks.
+struct StreamMetrics {
+    streams: Gauge,
+    responses: Counter,
+    resources_sent: Counter,
+    acks: Counter,
+    nacks: Counter,
+    rejected: Counter,
+    push_latency: Histogram,
+}
+
+impl StreamMetrics {
+    fn new(metrics: &Metrics, api: &'static str) -> Self {
+        let labels = ApiLabels { api };
+        Self {
+            streams: metrics.streams.get_or_create(&labels).clone(),
+            responses: metrics.responses.get_or_create(&labels).clone(),
+            resources_sent: metrics.resources_sent.get_or_create(&labels).clone(),
+            acks: metrics.acks.get_or_create(&labels).clone(),
+            nacks: metrics.nacks.get_or_create(&labels).clone(),
+            rejected: metrics.rejected_requests.get_or_create(&labels).clone(),
+            push_latency: metrics.push_latency.clone(),
+        }
+    }
+}
+
 /// Removes the stream from the registry and the gauge however the task ends.
 struct StreamGuard<'a> {
     inner: &'a Inner,
     id: u64,
-    labels: ApiLabels,
+    streams: Gauge,
 }
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
         self.inner.clients.close(self.id);
-        self.inner.metrics.streams.get_or_create(&self.labels).dec();
+        self.streams.dec();
     }
 }
 
@@ -175,9 +211,9 @@ async fn run_stream<M: Machine>(
     mut requests: Streaming<M::Req>,
     tx: mpsc::Sender<Result<M::Resp, Status>>,
 ) {
-    let labels = ApiLabels { api };
-    inner.metrics.streams.get_or_create(&labels).inc();
-    let id = inner.clients.open(ClientInfo {
+    let metrics = StreamMetrics::new(&inner.metrics, api);
+    metrics.streams.inc();
+    let (id, entry) = inner.clients.open(ClientInfo {
         api,
         peer,
         ..ClientInfo::default()
@@ -185,7 +221,7 @@ async fn run_stream<M: Machine>(
     let _guard = StreamGuard {
         inner: &inner,
         id,
-        labels: labels.clone(),
+        streams: metrics.streams.clone(),
     };
     let mut snapshots = inner.snapshots.clone();
     let mut shutdown = inner.shutdown.clone();
@@ -204,7 +240,7 @@ async fn run_stream<M: Machine>(
                 };
                 let snap = snapshots.borrow_and_update().clone();
                 let (ack, response) = machine.on_request(&request, &snap);
-                record(&inner, api, id, &machine, M::node(&request), &ack);
+                record(&metrics, api, &entry, &machine, &request, &ack);
                 response.map(|r| (r, snap))
             }
             changed = snapshots.changed() => {
@@ -214,42 +250,34 @@ async fn run_stream<M: Machine>(
             }
         };
         if let Some((response, snap)) = response {
-            inner.metrics.responses.get_or_create(&labels).inc();
-            inner
-                .metrics
-                .resources_sent
-                .get_or_create(&labels)
-                .inc_by(M::resource_count(&response) as u64);
+            metrics.responses.inc();
+            metrics.resources_sent.inc_by(M::resource_count(&response) as u64);
             if tx.send(Ok(response)).await.is_err() {
                 break;
             }
-            inner
-                .metrics
-                .push_latency
-                .observe(snap.published.elapsed().as_secs_f64());
+            metrics.push_latency.observe(snap.published.elapsed().as_secs_f64());
         }
     }
 }
 
 fn record<M: Machine>(
-    inner: &Inner,
+    metrics: &StreamMetrics,
     api: &'static str,
-    id: u64,
+    entry: &ClientEntry,
     machine: &M,
-    node: Option<String>,
+    request: &M::Req,
     ack: &Ack,
 ) {
-    let labels = ApiLabels { api };
     match ack {
         Ack::Ack { .. } => {
-            inner.metrics.acks.get_or_create(&labels).inc();
+            metrics.acks.inc();
         }
         Ack::Nack { version, message } => {
-            inner.metrics.nacks.get_or_create(&labels).inc();
+            metrics.nacks.inc();
             tracing::warn!(api, %version, %message, "client rejected a response (NACK); it is not resent");
         }
         Ack::UnsupportedType(type_url) => {
-            inner.metrics.rejected_requests.get_or_create(&labels).inc();
+            metrics.rejected.inc();
             tracing::warn!(api, %type_url, "request for an unsupported type ignored; this server serves Secrets only");
             return;
         }
@@ -259,23 +287,24 @@ fn record<M: Machine>(
         }
         Ack::None => {}
     }
-    let (names, wildcard) = machine.subscription();
-    inner.clients.update(id, |info| {
-        if let Some(node) = node.filter(|n| !n.is_empty()) {
-            info.node = node;
-        }
+    let mut info = entry.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(node) = M::node(request).filter(|n| !n.is_empty()) {
+        info.node = node;
+    }
+    if M::changes_subscription(request, &info.names) {
+        let (names, wildcard) = machine.subscription();
         info.names = names;
         info.wildcard = wildcard;
-        match ack {
-            Ack::Ack { version } => info.acked = Some(version.clone()),
-            Ack::Nack { version, message } => {
-                info.nacked = Some(version.clone());
-                info.nack_message = Some(message.clone());
-                info.nacks += 1;
-            }
-            _ => {}
+    }
+    match ack {
+        Ack::Ack { version } => info.acked = Some(version.clone()),
+        Ack::Nack { version, message } => {
+            info.nacked = Some(version.clone());
+            info.nack_message = Some(message.clone());
+            info.nacks += 1;
         }
-    });
+        _ => {}
+    }
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,336 @@
+//! Fan-out benchmark: one CA rotation delivered to N SDS streams over M connections.
+//!
+//! `cargo bench --bench fanout [-- --quick]`. The server runs in a child process (this
+//! binary re-executed with `--child trust-sds|baseline`) so its CPU time and resident memory
+//! are measured alone, from /proc. The parent holds the N streams (SotW, one name each, all
+//! subscribed to the rotated registration), ACKs every response, and times each rotation
+//! from the command to the server until the last stream has the new version.
+//!
+//! The baseline child is a minimal tonic server on the same envoy-types messages that pushes
+//! the same pre-encoded Secret to the same streams with no logic: the floor of this stack.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{SecretDiscoveryService, SecretDiscoveryServiceServer};
+use envoy_types::pb::google::protobuf::Any;
+use futures::Stream;
+use prost::Message;
+use support::objects::{ca_secret, registration};
+use support::pki::Ca;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use trust_sds::pipeline::SourceEvent;
+use trust_sds::sds::SECRET_TYPE_URL;
+use trust_sds::server::ServeConfig;
+
+const NAME: &str = "bench/rotated";
+
+/// Bundles of roughly `bytes` of PEM, each differing from the previous by one certificate.
+fn bundles(bytes: usize, count: usize) -> Vec<String> {
+    let per_cert = Ca::root("size probe").pem().len();
+    let certs = bytes.div_ceil(per_cert).max(1);
+    let mut pool: Vec<String> = (0..certs).map(|i| Ca::root(&format!("Base {i}")).pem()).collect();
+    (0..count)
+        .map(|i| {
+            pool[i % certs] = Ca::root(&format!("Rotation {i}")).pem();
+            pool.concat()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- child: servers
+
+fn child(kind: &str, bundle_bytes: usize, rotations: usize, registrations: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let bundles = bundles(bundle_bytes, rotations + 1);
+        let stdin = spawn_stdin();
+        match kind {
+            "trust-sds" => trust_sds_child(bundles, registrations, stdin).await,
+            _ => baseline_child(bundles, stdin).await,
+        }
+    });
+}
+
+fn spawn_stdin() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn trust_sds_child(bundles: Vec<String>, registrations: usize, mut stdin: mpsc::Receiver<String>) {
+    let (events, rx) = mpsc::channel(registrations * 2 + 16);
+    let running = trust_sds::server::start(ServeConfig::default(), rx).await.unwrap();
+    // Cold start: many registrations (each with its own small CA) plus the rotated one.
+    let filler = Ca::root("Filler").pem();
+    let start = Instant::now();
+    for i in 0..registrations {
+        events.send(SourceEvent::Apply(registration("bench", &format!("r{i}"), "filler-ca"))).await.unwrap();
+    }
+    events.send(SourceEvent::Apply(ca_secret("bench", "filler-ca", &filler))).await.unwrap();
+    events.send(SourceEvent::Apply(registration("bench", "rotated", "rotated-ca"))).await.unwrap();
+    events.send(SourceEvent::Apply(ca_secret("bench", "rotated-ca", &bundles[0]))).await.unwrap();
+    let mut snapshot = running.sds_snapshot.clone();
+    snapshot.wait_for(|s| s.resources.len() > registrations).await.unwrap();
+    say(format!("cold_start_us {} {}", start.elapsed().as_micros(), registrations + 1));
+    say(format!("ready {}", running.sds_addr));
+    while let Some(line) = stdin.recv().await {
+        let Some(i) = line.strip_prefix("rotate ").and_then(|i| i.parse::<usize>().ok()) else { break };
+        events.send(SourceEvent::Apply(ca_secret("bench", "rotated-ca", &bundles[i]))).await.unwrap();
+    }
+}
+
+struct Baseline {
+    current: watch::Receiver<Arc<(String, Any)>>,
+}
+
+type Resp<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Baseline {
+    type DeltaSecretsStream = Resp<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = Resp<DiscoveryResponse>;
+
+    async fn delta_secrets(&self, _: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>) -> Result<tonic::Response<Self::DeltaSecretsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline: SotW only"))
+    }
+
+    async fn stream_secrets(&self, request: tonic::Request<tonic::Streaming<DiscoveryRequest>>) -> Result<tonic::Response<Self::StreamSecretsStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let mut current = self.current.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            // First request, then push on every change; ACKs are read and dropped.
+            if !matches!(requests.message().await, Ok(Some(_))) {
+                return;
+            }
+            let mut nonce = 0u64;
+            loop {
+                let (version, any) = (*current.borrow_and_update().clone()).clone();
+                nonce += 1;
+                let resp = DiscoveryResponse { version_info: version, resources: vec![any], type_url: SECRET_TYPE_URL.into(), nonce: nonce.to_string(), ..Default::default() };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = current.changed() => if changed.is_err() { return },
+                    _ = async { while let Ok(Some(_)) = requests.message().await {} } => return,
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_secrets(&self, _: tonic::Request<DiscoveryRequest>) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("baseline"))
+    }
+}
+
+async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>) {
+    let encode = |i: usize| {
+        let secret = trust_sds::sds::encode::to_secret(NAME, &trust_sds::validation::validate_data(trust_sds::validation::Subject::GatewayBundle, bundles[i].as_bytes()).unwrap());
+        Arc::new((format!("v{i}"), Any { type_url: SECRET_TYPE_URL.into(), value: secret.encode_to_vec() }))
+    };
+    let (tx, rx) = watch::channel(encode(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tonic::transport::Server::builder().add_service(SecretDiscoveryServiceServer::new(Baseline { current: rx })).serve_with_incoming(TcpListenerStream::new(listener)));
+    say("cold_start_us 0 0".into());
+    say(format!("ready {addr}"));
+    while let Some(line) = stdin.recv().await {
+        let Some(i) = line.strip_prefix("rotate ").and_then(|i| i.parse::<usize>().ok()) else { break };
+        tx.send_replace(encode(i));
+    }
+}
+
+// ---------------------------------------------------------------- parent: clients
+
+struct Progress {
+    /// Streams that hold each rotation's version.
+    counts: Vec<AtomicUsize>,
+    done: Notify,
+}
+
+async fn open_streams(addr: &str, streams: usize, connections: usize, progress: Arc<Progress>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        channels.push(ch);
+    }
+    let mut tasks = Vec::with_capacity(streams);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let all_open = Arc::new(Notify::new());
+    for s in 0..streams {
+        let mut client = SecretDiscoveryServiceClient::new(channels[s % connections].clone());
+        let progress = progress.clone();
+        let (opened, all_open) = (opened.clone(), all_open.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(DiscoveryRequest { resource_names: vec![NAME.into()], type_url: SECRET_TYPE_URL.into(), ..Default::default() }).await.unwrap();
+            let mut responses = client.stream_secrets(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut first = true;
+            while let Ok(Some(r)) = responses.message().await {
+                let _ = tx.send(DiscoveryRequest { version_info: r.version_info.clone(), resource_names: vec![NAME.into()], type_url: SECRET_TYPE_URL.into(), response_nonce: r.nonce.clone(), ..Default::default() }).await;
+                if first {
+                    first = false;
+                    if opened.fetch_add(1, Ordering::SeqCst) + 1 == streams {
+                        all_open.notify_one();
+                    }
+                    continue;
+                }
+                // Rotations are sequential (each waits for every stream), so a response after
+                // the first belongs to the rotation in progress.
+                let slot = SLOT.load(Ordering::SeqCst);
+                if progress.counts[slot].fetch_add(1, Ordering::SeqCst) + 1 == streams {
+                    progress.done.notify_one();
+                }
+            }
+        }));
+    }
+    if opened.load(Ordering::SeqCst) < streams {
+        tokio::time::timeout(Duration::from_secs(120), all_open.notified()).await.expect("streams opened");
+    }
+    tasks
+}
+
+static SLOT: AtomicUsize = AtomicUsize::new(0);
+
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_micros(ticks * 1_000_000 / 100)
+}
+
+fn proc_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+struct Figures {
+    median: Duration,
+    p99: Duration,
+    cpu_per_update: Duration,
+    rss_per_stream: f64,
+    cold_start: Duration,
+    cold_start_registrations: usize,
+}
+
+async fn run_case(kind: &str, streams: usize, connections: usize, bundle_bytes: usize, rotations: usize, registrations: usize) -> Figures {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--child", kind, &bundle_bytes.to_string(), &rotations.to_string(), &registrations.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let cold: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("ready ").unwrap().to_owned();
+
+    let rss_before = proc_rss_kib(pid);
+    let progress = Arc::new(Progress { counts: (0..=rotations).map(|_| AtomicUsize::new(0)).collect(), done: Notify::new() });
+    let tasks = open_streams(&addr, streams, connections, progress.clone()).await;
+    // Let the server settle (ACKs of the first responses) before reading memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = proc_rss_kib(pid);
+
+    let cpu_before = proc_cpu(pid);
+    let mut samples = Vec::with_capacity(rotations);
+    for i in 1..=rotations {
+        SLOT.store(i, Ordering::SeqCst);
+        let notified = progress.done.notified();
+        let start = Instant::now();
+        writeln!(stdin, "rotate {i}").unwrap();
+        stdin.flush().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), notified).await.expect("rotation delivered to every stream");
+        samples.push(start.elapsed());
+    }
+    // ACKs of the last rotation are part of its cost: give them a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = proc_cpu(pid) - cpu_before;
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    for t in tasks {
+        t.abort();
+    }
+    samples.sort();
+    Figures {
+        median: samples[samples.len() / 2],
+        p99: samples[((samples.len() - 1) as f64 * 0.99).round() as usize],
+        cpu_per_update: cpu / (streams * rotations) as u32,
+        rss_per_stream: (rss_after.saturating_sub(rss_before)) as f64 / streams as f64,
+        cold_start: Duration::from_micros(cold[0]),
+        cold_start_registrations: cold[1] as usize,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let n = |i: usize| args[pos + i].parse().unwrap();
+        child(&args[pos + 1], n(2), n(3), n(4));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rotations = if quick { 10 } else { 30 };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("fanout: {rotations} rotations per case; server CPU and RSS read from /proc of the server process");
+    println!("{:<10} {:>7} {:>5} {:>7} {:>10} {:>10} {:>12} {:>12} {:>12}", "server", "streams", "conns", "bundle", "median", "p99", "cpu/update", "KiB/stream", "cold start");
+    let cases: &[(usize, usize)] = if quick { &[(1_000, 10)] } else { &[(1_000, 10), (10_000, 100)] };
+    for &(streams, connections) in cases {
+        for bundle in [2 * 1024, 16 * 1024] {
+            let mut row = Vec::new();
+            for kind in ["trust-sds", "baseline"] {
+                let f = rt.block_on(run_case(kind, streams, connections, bundle, rotations, 10_000));
+                println!(
+                    "{kind:<10} {streams:>7} {connections:>5} {:>6}K {:>10.2?} {:>10.2?} {:>12.2?} {:>12.2} {:>12}",
+                    bundle / 1024,
+                    f.median,
+                    f.p99,
+                    f.cpu_per_update,
+                    f.rss_per_stream,
+                    if f.cold_start_registrations > 0 { format!("{:.0?} ({})", f.cold_start, f.cold_start_registrations) } else { "-".into() }
+                );
+                row.push(f);
+            }
+            println!(
+                "{:<10} ratio trust-sds/baseline: median {:.2}x, cpu/update {:.2}x, memory/stream {:.2}x",
+                "",
+                row[0].median.as_secs_f64() / row[1].median.as_secs_f64(),
+                row[0].cpu_per_update.as_secs_f64() / row[1].cpu_per_update.as_secs_f64().max(1e-9),
+                row[0].rss_per_stream / row[1].rss_per_stream.max(1e-9)
+            );
+        }
+    }
+}
