@@ -124,12 +124,15 @@ impl Pipeline {
                 None => self.rebuild(),
             };
         if resources_changed {
-            let snapshot = Snapshot { resources: self.resources.clone() };
+            let snapshot = Snapshot {
+                resources: self.resources.clone(),
+            };
             self.snapshot.send_replace(Arc::new(snapshot));
             tracing::debug!(resources = self.resources.len(), "snapshot published");
         }
         if statuses_changed {
-            self.statuses.send_replace(Arc::new(self.conditions.clone()));
+            self.statuses
+                .send_replace(Arc::new(self.conditions.clone()));
         }
     }
 

@@ -25,7 +25,10 @@ impl Snapshot {
 }
 
 /// Whether two resource maps hold the same names at the same versions.
-pub fn same_resources(a: &BTreeMap<Arc<str>, TrustBundle>, b: &BTreeMap<Arc<str>, TrustBundle>) -> bool {
+pub fn same_resources(
+    a: &BTreeMap<Arc<str>, TrustBundle>,
+    b: &BTreeMap<Arc<str>, TrustBundle>,
+) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b.iter())

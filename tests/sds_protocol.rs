@@ -441,3 +441,69 @@ async fn health_reports_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn delta_nack_is_recorded_and_not_resent() {
+    let server = server_with(&["a", "b"]).await;
+    let mut c = DeltaClient::open(&server).await;
+    c.subscribe(&["team/a"], "").await;
+    let first = c.recv().await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE_URL.into(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(envoy_types::pb::google::rpc::Status {
+            code: 3,
+            message: "cannot use it".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    server.wait_for_client("delta NACK", |c| c.nacks == 1).await;
+    // Not resent: the next response is the answer to a new subscription.
+    c.subscribe(&["team/b"], "").await;
+    let second = c.recv().await;
+    assert_eq!(DeltaClient::names(&second), ["team/b"]);
+    assert_eq!(nonce(&second.nonce), nonce(&first.nonce) + 1);
+    // The next content change of a is pushed.
+    rotate(&server, "a", "a2").await;
+    assert_eq!(DeltaClient::names(&c.recv().await), ["team/a"]);
+    let nack = server.running.clients.list()[0].nack_message.clone();
+    assert_eq!(nack.as_deref(), Some("cannot use it"));
+}
+
+#[tokio::test]
+async fn delta_ads_serves_secrets() {
+    let server = server_with(&["a"]).await;
+    let mut ads = AggregatedDiscoveryServiceClient::connect(server.url())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let mut stream = ads
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // A Delta ADS request must name its type: an empty one is ignored, the Secret one answered.
+    tx.send(DeltaDiscoveryRequest {
+        resource_names_subscribe: vec!["team/a".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE_URL.into(),
+        resource_names_subscribe: vec!["team/a".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = tokio::time::timeout(support::sds::TIMEOUT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.nonce, "1");
+    assert_eq!(r.resources[0].name, "team/a");
+    assert_eq!(r.resources[0].version, server.version("team/a"));
+}

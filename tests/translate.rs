@@ -48,7 +48,9 @@ impl Harness {
     }
 
     fn condition(&self, ns: &str, name: &str) -> Condition {
-        self.published.statuses.borrow()[&StatusTarget::Registration(key(ns, name))].as_ref().clone()
+        self.published.statuses.borrow()[&StatusTarget::Registration(key(ns, name))]
+            .as_ref()
+            .clone()
     }
 }
 

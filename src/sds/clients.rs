@@ -2,8 +2,8 @@
 //! requests (never on pushes), so it costs nothing on the fan-out path.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ClientInfo {

@@ -251,11 +251,15 @@ async fn run_stream<M: Machine>(
         };
         if let Some((response, snap)) = response {
             metrics.responses.inc();
-            metrics.resources_sent.inc_by(M::resource_count(&response) as u64);
+            metrics
+                .resources_sent
+                .inc_by(M::resource_count(&response) as u64);
             if tx.send(Ok(response)).await.is_err() {
                 break;
             }
-            metrics.push_latency.observe(snap.published.elapsed().as_secs_f64());
+            metrics
+                .push_latency
+                .observe(snap.published.elapsed().as_secs_f64());
         }
     }
 }
