@@ -18,9 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{SecretDiscoveryService, SecretDiscoveryServiceServer};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use envoy_types::pb::google::protobuf::Any;
 use futures::Stream;
 use prost::Message;
@@ -38,7 +42,9 @@ const NAME: &str = "bench/rotated";
 fn bundles(bytes: usize, count: usize) -> Vec<String> {
     let per_cert = Ca::root("size probe").pem().len();
     let certs = bytes.div_ceil(per_cert).max(1);
-    let mut pool: Vec<String> = (0..certs).map(|i| Ca::root(&format!("Base {i}")).pem()).collect();
+    let mut pool: Vec<String> = (0..certs)
+        .map(|i| Ca::root(&format!("Base {i}")).pem())
+        .collect();
     (0..count)
         .map(|i| {
             pool[i % certs] = Ca::root(&format!("Rotation {i}")).pem();
@@ -50,7 +56,10 @@ fn bundles(bytes: usize, count: usize) -> Vec<String> {
 // ---------------------------------------------------------------- child: servers
 
 fn child(kind: &str, bundle_bytes: usize, rotations: usize, registrations: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let bundles = bundles(bundle_bytes, rotations + 1);
         let stdin = spawn_stdin();
@@ -80,25 +89,74 @@ fn say(line: String) {
     let _ = out.flush();
 }
 
-async fn trust_sds_child(bundles: Vec<String>, registrations: usize, mut stdin: mpsc::Receiver<String>) {
+async fn trust_sds_child(
+    bundles: Vec<String>,
+    registrations: usize,
+    mut stdin: mpsc::Receiver<String>,
+) {
     let (events, rx) = mpsc::channel(registrations * 2 + 16);
-    let running = trust_sds::server::start(ServeConfig::default(), rx).await.unwrap();
+    let running = trust_sds::server::start(ServeConfig::default(), rx)
+        .await
+        .unwrap();
     // Cold start: many registrations (each with its own small CA) plus the rotated one.
     let filler = Ca::root("Filler").pem();
     let start = Instant::now();
     for i in 0..registrations {
-        events.send(SourceEvent::Apply(registration("bench", &format!("r{i}"), "filler-ca"))).await.unwrap();
+        events
+            .send(SourceEvent::Apply(registration(
+                "bench",
+                &format!("r{i}"),
+                "filler-ca",
+            )))
+            .await
+            .unwrap();
     }
-    events.send(SourceEvent::Apply(ca_secret("bench", "filler-ca", &filler))).await.unwrap();
-    events.send(SourceEvent::Apply(registration("bench", "rotated", "rotated-ca"))).await.unwrap();
-    events.send(SourceEvent::Apply(ca_secret("bench", "rotated-ca", &bundles[0]))).await.unwrap();
+    events
+        .send(SourceEvent::Apply(ca_secret("bench", "filler-ca", &filler)))
+        .await
+        .unwrap();
+    events
+        .send(SourceEvent::Apply(registration(
+            "bench",
+            "rotated",
+            "rotated-ca",
+        )))
+        .await
+        .unwrap();
+    events
+        .send(SourceEvent::Apply(ca_secret(
+            "bench",
+            "rotated-ca",
+            &bundles[0],
+        )))
+        .await
+        .unwrap();
     let mut snapshot = running.sds_snapshot.clone();
-    snapshot.wait_for(|s| s.resources.len() > registrations).await.unwrap();
-    say(format!("cold_start_us {} {}", start.elapsed().as_micros(), registrations + 1));
+    snapshot
+        .wait_for(|s| s.resources.len() > registrations)
+        .await
+        .unwrap();
+    say(format!(
+        "cold_start_us {} {}",
+        start.elapsed().as_micros(),
+        registrations + 1
+    ));
     say(format!("ready {}", running.sds_addr));
     while let Some(line) = stdin.recv().await {
-        let Some(i) = line.strip_prefix("rotate ").and_then(|i| i.parse::<usize>().ok()) else { break };
-        events.send(SourceEvent::Apply(ca_secret("bench", "rotated-ca", &bundles[i]))).await.unwrap();
+        let Some(i) = line
+            .strip_prefix("rotate ")
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
+            break;
+        };
+        events
+            .send(SourceEvent::Apply(ca_secret(
+                "bench",
+                "rotated-ca",
+                &bundles[i],
+            )))
+            .await
+            .unwrap();
     }
 }
 
@@ -113,11 +171,17 @@ impl SecretDiscoveryService for Baseline {
     type DeltaSecretsStream = Resp<DeltaDiscoveryResponse>;
     type StreamSecretsStream = Resp<DiscoveryResponse>;
 
-    async fn delta_secrets(&self, _: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>) -> Result<tonic::Response<Self::DeltaSecretsStream>, tonic::Status> {
+    async fn delta_secrets(
+        &self,
+        _: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaSecretsStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline: SotW only"))
     }
 
-    async fn stream_secrets(&self, request: tonic::Request<tonic::Streaming<DiscoveryRequest>>) -> Result<tonic::Response<Self::StreamSecretsStream>, tonic::Status> {
+    async fn stream_secrets(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamSecretsStream>, tonic::Status> {
         let mut requests = request.into_inner();
         let mut current = self.current.clone();
         let (tx, rx) = mpsc::channel(1);
@@ -130,7 +194,13 @@ impl SecretDiscoveryService for Baseline {
             loop {
                 let (version, any) = (*current.borrow_and_update().clone()).clone();
                 nonce += 1;
-                let resp = DiscoveryResponse { version_info: version, resources: vec![any], type_url: SECRET_TYPE_URL.into(), nonce: nonce.to_string(), ..Default::default() };
+                let resp = DiscoveryResponse {
+                    version_info: version,
+                    resources: vec![any],
+                    type_url: SECRET_TYPE_URL.into(),
+                    nonce: nonce.to_string(),
+                    ..Default::default()
+                };
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
@@ -143,24 +213,49 @@ impl SecretDiscoveryService for Baseline {
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn fetch_secrets(&self, _: tonic::Request<DiscoveryRequest>) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
+    async fn fetch_secrets(
+        &self,
+        _: tonic::Request<DiscoveryRequest>,
+    ) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("baseline"))
     }
 }
 
 async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>) {
     let encode = |i: usize| {
-        let secret = trust_sds::sds::encode::to_secret(NAME, &trust_sds::validation::validate_data(trust_sds::validation::Subject::GatewayBundle, bundles[i].as_bytes()).unwrap());
-        Arc::new((format!("v{i}"), Any { type_url: SECRET_TYPE_URL.into(), value: secret.encode_to_vec() }))
+        let secret = trust_sds::sds::encode::to_secret(
+            NAME,
+            &trust_sds::validation::validate_data(
+                trust_sds::validation::Subject::GatewayBundle,
+                bundles[i].as_bytes(),
+            )
+            .unwrap(),
+        );
+        Arc::new((
+            format!("v{i}"),
+            Any {
+                type_url: SECRET_TYPE_URL.into(),
+                value: secret.encode_to_vec(),
+            },
+        ))
     };
     let (tx, rx) = watch::channel(encode(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tonic::transport::Server::builder().add_service(SecretDiscoveryServiceServer::new(Baseline { current: rx })).serve_with_incoming(TcpListenerStream::new(listener)));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SecretDiscoveryServiceServer::new(Baseline { current: rx }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
     say("cold_start_us 0 0".into());
     say(format!("ready {addr}"));
     while let Some(line) = stdin.recv().await {
-        let Some(i) = line.strip_prefix("rotate ").and_then(|i| i.parse::<usize>().ok()) else { break };
+        let Some(i) = line
+            .strip_prefix("rotate ")
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
+            break;
+        };
         tx.send_replace(encode(i));
     }
 }
@@ -173,10 +268,19 @@ struct Progress {
     done: Notify,
 }
 
-async fn open_streams(addr: &str, streams: usize, connections: usize, progress: Arc<Progress>) -> Vec<tokio::task::JoinHandle<()>> {
+async fn open_streams(
+    addr: &str,
+    streams: usize,
+    connections: usize,
+    progress: Arc<Progress>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut channels = Vec::new();
     for _ in 0..connections {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         channels.push(ch);
     }
     let mut tasks = Vec::with_capacity(streams);
@@ -188,11 +292,29 @@ async fn open_streams(addr: &str, streams: usize, connections: usize, progress: 
         let (opened, all_open) = (opened.clone(), all_open.clone());
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = mpsc::channel(4);
-            tx.send(DiscoveryRequest { resource_names: vec![NAME.into()], type_url: SECRET_TYPE_URL.into(), ..Default::default() }).await.unwrap();
-            let mut responses = client.stream_secrets(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            tx.send(DiscoveryRequest {
+                resource_names: vec![NAME.into()],
+                type_url: SECRET_TYPE_URL.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut responses = client
+                .stream_secrets(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
             let mut first = true;
             while let Ok(Some(r)) = responses.message().await {
-                let _ = tx.send(DiscoveryRequest { version_info: r.version_info.clone(), resource_names: vec![NAME.into()], type_url: SECRET_TYPE_URL.into(), response_nonce: r.nonce.clone(), ..Default::default() }).await;
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        version_info: r.version_info.clone(),
+                        resource_names: vec![NAME.into()],
+                        type_url: SECRET_TYPE_URL.into(),
+                        response_nonce: r.nonce.clone(),
+                        ..Default::default()
+                    })
+                    .await;
                 if first {
                     first = false;
                     if opened.fetch_add(1, Ordering::SeqCst) + 1 == streams {
@@ -210,7 +332,9 @@ async fn open_streams(addr: &str, streams: usize, connections: usize, progress: 
         }));
     }
     if opened.load(Ordering::SeqCst) < streams {
-        tokio::time::timeout(Duration::from_secs(120), all_open.notified()).await.expect("streams opened");
+        tokio::time::timeout(Duration::from_secs(120), all_open.notified())
+            .await
+            .expect("streams opened");
     }
     tasks
 }
@@ -227,7 +351,15 @@ fn proc_cpu(pid: u32) -> Duration {
 
 fn proc_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 struct Figures {
@@ -239,10 +371,23 @@ struct Figures {
     cold_start_registrations: usize,
 }
 
-async fn run_case(kind: &str, streams: usize, connections: usize, bundle_bytes: usize, rotations: usize, registrations: usize) -> Figures {
+async fn run_case(
+    kind: &str,
+    streams: usize,
+    connections: usize,
+    bundle_bytes: usize,
+    rotations: usize,
+    registrations: usize,
+) -> Figures {
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
-        .args(["--child", kind, &bundle_bytes.to_string(), &rotations.to_string(), &registrations.to_string()])
+        .args([
+            "--child",
+            kind,
+            &bundle_bytes.to_string(),
+            &rotations.to_string(),
+            &registrations.to_string(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -252,13 +397,20 @@ async fn run_case(kind: &str, streams: usize, connections: usize, bundle_bytes: 
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let cold: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+    let cold: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("ready ").unwrap().to_owned();
 
     let rss_before = proc_rss_kib(pid);
-    let progress = Arc::new(Progress { counts: (0..=rotations).map(|_| AtomicUsize::new(0)).collect(), done: Notify::new() });
+    let progress = Arc::new(Progress {
+        counts: (0..=rotations).map(|_| AtomicUsize::new(0)).collect(),
+        done: Notify::new(),
+    });
     let tasks = open_streams(&addr, streams, connections, progress.clone()).await;
     // Let the server settle (ACKs of the first responses) before reading memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -272,7 +424,9 @@ async fn run_case(kind: &str, streams: usize, connections: usize, bundle_bytes: 
         let start = Instant::now();
         writeln!(stdin, "rotate {i}").unwrap();
         stdin.flush().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), notified).await.expect("rotation delivered to every stream");
+        tokio::time::timeout(Duration::from_secs(60), notified)
+            .await
+            .expect("rotation delivered to every stream");
         samples.push(start.elapsed());
     }
     // ACKs of the last rotation are part of its cost: give them a moment to land.
@@ -304,15 +458,42 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let rotations = if quick { 10 } else { 30 };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    println!("fanout: {rotations} rotations per case; server CPU and RSS read from /proc of the server process");
-    println!("{:<10} {:>7} {:>5} {:>7} {:>10} {:>10} {:>12} {:>12} {:>12}", "server", "streams", "conns", "bundle", "median", "p99", "cpu/update", "KiB/stream", "cold start");
-    let cases: &[(usize, usize)] = if quick { &[(1_000, 10)] } else { &[(1_000, 10), (10_000, 100)] };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "fanout: {rotations} rotations per case; server CPU and RSS read from /proc of the server process"
+    );
+    println!(
+        "{:<10} {:>7} {:>5} {:>7} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "server",
+        "streams",
+        "conns",
+        "bundle",
+        "median",
+        "p99",
+        "cpu/update",
+        "KiB/stream",
+        "cold start"
+    );
+    let cases: &[(usize, usize)] = if quick {
+        &[(1_000, 10)]
+    } else {
+        &[(1_000, 10), (10_000, 100)]
+    };
     for &(streams, connections) in cases {
         for bundle in [2 * 1024, 16 * 1024] {
             let mut row = Vec::new();
             for kind in ["trust-sds", "baseline"] {
-                let f = rt.block_on(run_case(kind, streams, connections, bundle, rotations, 10_000));
+                let f = rt.block_on(run_case(
+                    kind,
+                    streams,
+                    connections,
+                    bundle,
+                    rotations,
+                    10_000,
+                ));
                 println!(
                     "{kind:<10} {streams:>7} {connections:>5} {:>6}K {:>10.2?} {:>10.2?} {:>12.2?} {:>12.2} {:>12}",
                     bundle / 1024,
@@ -320,7 +501,11 @@ fn main() {
                     f.p99,
                     f.cpu_per_update,
                     f.rss_per_stream,
-                    if f.cold_start_registrations > 0 { format!("{:.0?} ({})", f.cold_start, f.cold_start_registrations) } else { "-".into() }
+                    if f.cold_start_registrations > 0 {
+                        format!("{:.0?} ({})", f.cold_start, f.cold_start_registrations)
+                    } else {
+                        "-".into()
+                    }
                 );
                 row.push(f);
             }
