@@ -84,7 +84,7 @@ impl Metrics {
         );
         registry.register(
             "sds_rejected_requests",
-            "Requests refused (unsupported type, malformed)",
+            "Requests ignored because their type URL is not the Secret type",
             m.rejected_requests.clone(),
         );
         registry.register(

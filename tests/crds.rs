@@ -56,3 +56,15 @@ fn both_versions_served_v1_stored_with_status_subresource() {
     let ext = &docs[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
     assert!(ext["caCertBundleRef"]["properties"]["key"].is_object());
 }
+
+#[test]
+fn helm_chart_carries_the_same_crds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let committed = std::fs::read_to_string(format!("{root}/deploy/crds.yaml")).unwrap();
+    let chart =
+        std::fs::read_to_string(format!("{root}/deploy/helm/trust-sds/crds/crds.yaml")).unwrap();
+    assert!(
+        committed == chart,
+        "deploy/helm/trust-sds/crds/crds.yaml differs from deploy/crds.yaml: copy it"
+    );
+}

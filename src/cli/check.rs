@@ -72,11 +72,7 @@ fn check_file(origin: &str, bytes: &[u8], subject: Subject, key: &str) -> Vec<Ch
     let text = String::from_utf8_lossy(bytes);
     let looks_like_pem = text.contains("-----BEGIN ") && !text.contains("kind:");
     if !looks_like_pem && let Ok(parsed) = parse_manifests(&text, origin, "default") {
-        let mut out: Vec<CheckResult> = parsed
-            .skipped
-            .into_iter()
-            .map(|(location, reason)| (location, Err(reason)))
-            .collect();
+        let mut out: Vec<CheckResult> = Vec::new();
         for object in parsed.objects {
             if let Object::Secret(secret) = object {
                 let reference = SecretKeyRef::new(&secret.key.name, Some(key));
@@ -85,7 +81,15 @@ fn check_file(origin: &str, bytes: &[u8], subject: Subject, key: &str) -> Vec<Ch
                 out.push((format!("secret {}", secret.key), result));
             }
         }
-        if !out.is_empty() {
+        // Documents that were meant as Secrets but did not decode are reported too; a file
+        // with no Secret at all is checked as PEM below.
+        if !out.is_empty() || parsed.skipped.iter().any(|(_, why)| why.contains("Secret")) {
+            out.extend(
+                parsed
+                    .skipped
+                    .into_iter()
+                    .map(|(location, reason)| (location, Err(reason))),
+            );
             return out;
         }
     }

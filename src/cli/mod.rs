@@ -145,9 +145,9 @@ fn log_statuses(published: &crate::pipeline::Published) {
                         }
                     };
                     if c.ready {
-                        tracing::info!(%object, ready = c.status_str(), reason = %c.reason, message = %c.message, "status");
+                        tracing::info!(%object, ready = c.status_str(), reason = %c.reason, "status: {}", c.message);
                     } else {
-                        tracing::warn!(%object, ready = c.status_str(), reason = %c.reason, message = %c.message, "status");
+                        tracing::warn!(%object, ready = c.status_str(), reason = %c.reason, "status: {}", c.message);
                     }
                 }
             }

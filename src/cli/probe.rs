@@ -56,8 +56,9 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     options.system_roots = args.system_roots;
     options.node_id = "trust-sds-probe".to_owned();
     let client = TrustClient::start(options)?;
-    let mut events = client.events();
     client.wait_ready(args.timeout).await?;
+    // Subscribed after the first bundle, so --watch reports changes only.
+    let mut events = client.events();
     let trust = client.trust(&args.registration);
     let version = trust
         .as_ref()

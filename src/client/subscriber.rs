@@ -152,7 +152,7 @@ async fn run(options: ClientOptions, stores: Arc<Stores>) {
         if progressed {
             backoff = options.initial_backoff;
         }
-        tracing::warn!(endpoint = %options.endpoint, %reason, retry_in = ?backoff, "SDS stream lost; keeping last good trust");
+        tracing::info!(endpoint = %options.endpoint, %reason, retry_in = ?backoff, "SDS stream lost; keeping last good trust");
         let _ = stores.events.send(TrustEvent::Disconnected { reason });
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(options.max_backoff);

@@ -241,12 +241,13 @@ async fn run_stream<M: Machine>(
                 let snap = snapshots.borrow_and_update().clone();
                 let (ack, response) = machine.on_request(&request, &snap);
                 record(&metrics, api, &entry, &machine, &request, &ack);
-                response.map(|r| (r, snap))
+                // Answers to requests are not pushes: no latency sample.
+                response.map(|r| (r, None))
             }
             changed = snapshots.changed() => {
                 if changed.is_err() { break; }
                 let snap = snapshots.borrow_and_update().clone();
-                machine.on_snapshot(&snap).map(|r| (r, snap))
+                machine.on_snapshot(&snap).map(|r| (r, Some(snap)))
             }
         };
         if let Some((response, snap)) = response {
@@ -257,9 +258,11 @@ async fn run_stream<M: Machine>(
             if tx.send(Ok(response)).await.is_err() {
                 break;
             }
-            metrics
-                .push_latency
-                .observe(snap.published.elapsed().as_secs_f64());
+            if let Some(snap) = snap {
+                metrics
+                    .push_latency
+                    .observe(snap.published.elapsed().as_secs_f64());
+            }
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct ManifestsSource {
     dir: PathBuf,
     default_namespace: String,
     files: BTreeMap<PathBuf, FileState>,
+    /// A complete scan succeeded at least once (readiness).
+    scanned_once: bool,
 }
 
 impl ManifestsSource {
@@ -102,6 +104,7 @@ impl ManifestsSource {
             dir: dir.into(),
             default_namespace: default_namespace.into(),
             files: BTreeMap::new(),
+            scanned_once: false,
         }
     }
 
@@ -109,7 +112,7 @@ impl ManifestsSource {
     /// cannot be read, in which case nothing changes) and the health to report.
     pub fn scan(&mut self) -> (Option<Vec<Object>>, SourceHealth) {
         let mut health = SourceHealth {
-            synced: true,
+            synced: self.scanned_once,
             ..SourceHealth::default()
         };
         let paths = match list_manifest_files(&self.dir) {
@@ -163,6 +166,8 @@ impl ManifestsSource {
             }
         }
         self.files = files;
+        self.scanned_once = true;
+        health.synced = true;
         let objects = self
             .files
             .values()
