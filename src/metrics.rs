@@ -84,7 +84,7 @@ impl Metrics {
         );
         registry.register(
             "sds_rejected_requests",
-            "Requests ignored because their type URL is not the Secret type",
+            "Requests refused: unsupported type URL, or too many names (stream closed)",
             m.rejected_requests.clone(),
         );
         registry.register(

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Published, SourceEvent};
-use crate::sds::UnknownNamePolicy;
 use crate::sds::clients::ClientRegistry;
 use crate::sds::encode::spawn_encoder;
 use crate::sds::service::SdsServer;
+use crate::sds::{SdsOptions, UnknownNamePolicy};
 use crate::source::manifests::ManifestsSource;
 use crate::translate::TranslateConfig;
 
@@ -28,6 +28,7 @@ pub struct ServeConfig {
     pub uds_path: Option<PathBuf>,
     pub admin_addr: SocketAddr,
     pub unknown_names: UnknownNamePolicy,
+    pub max_names_per_request: usize,
     pub translate: TranslateConfig,
     /// Largest gRPC message accepted from a client.
     pub max_request_bytes: usize,
@@ -40,6 +41,7 @@ impl Default for ServeConfig {
             uds_path: None,
             admin_addr: ([127, 0, 0, 1], 0).into(),
             unknown_names: UnknownNamePolicy::default(),
+            max_names_per_request: SdsOptions::default().max_names_per_request,
             translate: TranslateConfig::default(),
             max_request_bytes: 1 << 20,
         }
@@ -116,7 +118,10 @@ pub async fn start(
     let encoded = spawn_encoder(published.snapshot.clone(), metrics.clone());
     let sds = SdsServer::new(
         encoded.clone(),
-        config.unknown_names,
+        SdsOptions {
+            unknown_names: config.unknown_names,
+            max_names_per_request: config.max_names_per_request,
+        },
         metrics.clone(),
         clients.clone(),
         shutdown_rx.clone(),

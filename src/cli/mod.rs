@@ -76,6 +76,9 @@ struct ServeArgs {
     /// Report certificates that expire within this many days.
     #[arg(long, default_value_t = 30)]
     expiry_warning_days: i64,
+    /// Resource names one request may carry; more ends the stream (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 5_000)]
+    max_names_per_request: usize,
 }
 
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
@@ -111,6 +114,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         uds_path: args.uds,
         admin_addr: args.admin_listen,
         unknown_names: args.unknown_names,
+        max_names_per_request: args.max_names_per_request,
         translate: TranslateConfig {
             expiry_warning_secs: args.expiry_warning_days * 86_400,
         },
@@ -177,9 +181,12 @@ async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    // Colour only on a terminal: logs collected from files and pods stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

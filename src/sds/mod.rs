@@ -26,6 +26,23 @@ pub enum UnknownNamePolicy {
     NotFound,
 }
 
+/// Per-server protocol settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SdsOptions {
+    pub unknown_names: UnknownNamePolicy,
+    /// A request naming more resources ends its stream with RESOURCE_EXHAUSTED.
+    pub max_names_per_request: usize,
+}
+
+impl Default for SdsOptions {
+    fn default() -> Self {
+        Self {
+            unknown_names: UnknownNamePolicy::Hold,
+            max_names_per_request: 5_000,
+        }
+    }
+}
+
 /// Whether a request's type URL is one this server answers. Empty means "the service's
 /// own type" on the SDS endpoints.
 pub fn accepts_type(type_url: &str, allow_empty: bool) -> bool {

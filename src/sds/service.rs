@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::UnknownNamePolicy;
+use super::SdsOptions;
 use super::clients::{ClientEntry, ClientInfo, ClientRegistry};
 use super::delta::DeltaStream;
 use super::encode::SdsSnapshot;
@@ -35,7 +35,7 @@ pub struct SdsServer {
 
 struct Inner {
     snapshots: watch::Receiver<Arc<SdsSnapshot>>,
-    policy: UnknownNamePolicy,
+    options: SdsOptions,
     metrics: Arc<Metrics>,
     clients: Arc<ClientRegistry>,
     shutdown: watch::Receiver<bool>,
@@ -44,7 +44,7 @@ struct Inner {
 impl SdsServer {
     pub fn new(
         snapshots: watch::Receiver<Arc<SdsSnapshot>>,
-        policy: UnknownNamePolicy,
+        options: SdsOptions,
         metrics: Arc<Metrics>,
         clients: Arc<ClientRegistry>,
         shutdown: watch::Receiver<bool>,
@@ -52,7 +52,7 @@ impl SdsServer {
         Self {
             inner: Arc::new(Inner {
                 snapshots,
-                policy,
+                options,
                 metrics,
                 clients,
                 shutdown,
@@ -97,6 +97,8 @@ trait Machine: Send + 'static {
     fn on_request(&mut self, req: &Self::Req, snap: &SdsSnapshot) -> (Ack, Option<Self::Resp>);
     fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<Self::Resp>;
     fn node(req: &Self::Req) -> Option<String>;
+    /// How many resource names the request carries (for the per-request limit).
+    fn name_count(req: &Self::Req) -> usize;
     /// Whether the request may change the subscription the registry shows.
     fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
     fn subscription(&self) -> (Vec<String>, bool);
@@ -118,6 +120,9 @@ impl Machine for SotwStream {
     }
     fn node(req: &DiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn name_count(req: &DiscoveryRequest) -> usize {
+        req.resource_names.len()
     }
     fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
         req.resource_names != shown
@@ -148,6 +153,9 @@ impl Machine for DeltaStream {
     }
     fn node(req: &DeltaDiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn name_count(req: &DeltaDiscoveryRequest) -> usize {
+        req.resource_names_subscribe.len() + req.initial_resource_versions.len()
     }
     fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
         !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
@@ -238,17 +246,36 @@ async fn run_stream<M: Machine>(
                         break;
                     }
                 };
+                let names = M::name_count(&request);
+                let limit = inner.options.max_names_per_request;
+                if names > limit {
+                    metrics.rejected.inc();
+                    tracing::warn!(api, names, limit, "request names too many resources; stream closed");
+                    let status = Status::resource_exhausted(format!(
+                        "request names {names} resources; at most {limit} per request (--max-names-per-request)"
+                    ));
+                    Some(Err(status))
+                } else {
                 let snap = snapshots.borrow_and_update().clone();
                 let (ack, response) = machine.on_request(&request, &snap);
                 record(&metrics, api, &entry, &machine, &request, &ack);
                 // Answers to requests are not pushes: no latency sample.
-                response.map(|r| (r, None))
+                response.map(|r| Ok((r, None)))
+                }
             }
             changed = snapshots.changed() => {
                 if changed.is_err() { break; }
                 let snap = snapshots.borrow_and_update().clone();
-                machine.on_snapshot(&snap).map(|r| (r, Some(snap)))
+                machine.on_snapshot(&snap).map(|r| Ok((r, Some(snap))))
             }
+        };
+        let response = match response {
+            Some(Err(status)) => {
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+            Some(Ok(r)) => Some(r),
+            None => None,
         };
         if let Some((response, snap)) = response {
             metrics.responses.inc();
@@ -323,7 +350,7 @@ impl SecretDiscoveryService for SdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let machine = DeltaStream::new(self.inner.policy, true);
+        let machine = DeltaStream::new(self.inner.options.unknown_names, true);
         Ok(Response::new(self.spawn("delta", machine, request)))
     }
 
@@ -390,7 +417,7 @@ impl AggregatedDiscoveryService for SdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let machine = DeltaStream::new(self.inner.policy, false);
+        let machine = DeltaStream::new(self.inner.options.unknown_names, false);
         Ok(Response::new(self.spawn("ads-delta", machine, request)))
     }
 }
