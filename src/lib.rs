@@ -19,5 +19,6 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod status_writer;
 pub mod translate;
 pub mod validation;

@@ -103,6 +103,37 @@ pub async fn start_manifests(
     Ok(running)
 }
 
+/// Starts the server fed by the Kubernetes API (`client`), writing `Ready` conditions.
+pub async fn start_kube(
+    config: ServeConfig,
+    client: kube::Client,
+    namespace: Option<String>,
+) -> anyhow::Result<Running> {
+    use crate::source::kube::{KubeSource, discover_registration_version};
+    use crate::status_writer::{self, StatusWriterConfig};
+    let version = discover_registration_version(&client, namespace.as_deref()).await?;
+    let (tx, rx) = mpsc::channel(1024);
+    let mut running = start(config, rx).await?;
+    let source = KubeSource::new(client.clone(), namespace);
+    running.background.push(tokio::spawn(async move {
+        if let Err(e) = source.run(version, tx).await {
+            tracing::error!(error = %e, "Kubernetes source stopped");
+        }
+    }));
+    let writer_config = StatusWriterConfig {
+        registration_version: version.version().to_owned(),
+        extension_version: version.version().to_owned(),
+    };
+    // One replica, or the Lease holder when several run, writes status.
+    let (_leader_tx, leader_rx) = watch::channel(true);
+    let statuses = running.published.statuses.clone();
+    running.background.push(tokio::spawn(async move {
+        let _keep = _leader_tx;
+        status_writer::run(client, writer_config, statuses, leader_rx).await;
+    }));
+    Ok(running)
+}
+
 /// Starts the server fed by `events` (any source, or a test).
 pub async fn start(
     config: ServeConfig,

@@ -52,8 +52,20 @@ enum Command {
 struct ServeArgs {
     /// Directory of YAML manifests (Secrets, MCPServerRegistrations, MCPGatewayExtensions,
     /// HTTPRoutes), watched for changes. No cluster needed.
-    #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster config, or $KUBECONFIG / ~/.kube/config) and
+    /// write Ready conditions.
+    #[arg(long)]
+    kube: bool,
+    /// With --kube: watch one namespace only (default: all namespaces).
+    #[arg(long, requires = "kube")]
+    namespace: Option<String>,
     /// Namespace for manifests that name none.
     #[arg(long, default_value = "default")]
     default_namespace: String,
@@ -84,6 +96,8 @@ struct ServeArgs {
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // One crypto provider for every rustls user (kube client, probe, client library).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -120,7 +134,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..ServeConfig::default()
     };
-    let running = server::start_manifests(config, args.manifests, args.default_namespace).await?;
+    let running = match args.manifests {
+        Some(dir) => server::start_manifests(config, dir, args.default_namespace).await?,
+        None => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot configure a Kubernetes client (in-cluster or kubeconfig): {e}"
+                )
+            })?;
+            server::start_kube(config, client, args.namespace).await?
+        }
+    };
     log_statuses(&running.published);
     shutdown_signal().await;
     tracing::info!(

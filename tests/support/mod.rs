@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod fake_apiserver;
 pub mod manifests;
 pub mod objects;
 pub mod pki;

@@ -36,6 +36,12 @@ impl TestServer {
         .await
     }
 
+    /// Wraps a server started some other way (e.g. `--kube`); `events` then feeds nothing.
+    pub fn attach(running: Running) -> Self {
+        let (events, _rx) = mpsc::channel(1);
+        Self { running, events }
+    }
+
     pub async fn start_with(config: ServeConfig) -> Self {
         let (events, rx) = mpsc::channel(1024);
         let running = trust_sds::server::start(config, rx).await.expect("server");

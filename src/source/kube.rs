@@ -1,0 +1,495 @@
+//! The `--kube` source: kube-runtime watchers on the API server.
+//!
+//! Watches registrations (v1, or v1alpha1 where the cluster serves only that), gateway
+//! extensions, Secrets labelled `mcp.kuadrant.io/secret=true` (full objects, with
+//! `managedFields` and annotations dropped before anything else sees them) and, through a
+//! metadata-only watch, the existence of every Secret, so that "not found" and "missing
+//! required label" are told apart without ever reading an unlabelled Secret's data.
+//!
+//! Re-lists (a restarted watch, 410 Gone) arrive as `Reset`s of complete lists, which the
+//! index diffs: an unchanged cluster causes no push. Watch errors keep the last snapshot
+//! and are reported as a stale source.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{WatchStreamExt, metadata_watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use crate::crd::convert;
+use crate::crd::{extension, registration};
+use crate::model::{Kind, Object, ObjectKey, SECRET_LABEL, SecretObject, has_opt_in_label};
+use crate::pipeline::SourceEvent;
+use crate::snapshot::SourceHealth;
+
+/// Which `MCPServerRegistration` version the cluster serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationVersion {
+    V1,
+    V1alpha1,
+}
+
+impl RegistrationVersion {
+    pub fn version(self) -> &'static str {
+        match self {
+            RegistrationVersion::V1 => "v1",
+            RegistrationVersion::V1alpha1 => "v1alpha1",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            RegistrationVersion::V1 => "mcp.kuadrant.io/v1",
+            RegistrationVersion::V1alpha1 => "mcp.kuadrant.io/v1alpha1",
+        }
+    }
+}
+
+pub struct KubeSource {
+    client: Client,
+    namespace: Option<String>,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Finds the served registration version; a missing CRD is a clear start-up error.
+pub async fn discover_registration_version(
+    client: &Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<RegistrationVersion> {
+    let probe = ListParams::default().limit(1);
+    match api::<registration::v1::MCPServerRegistration>(client, namespace)
+        .list_metadata(&probe)
+        .await
+    {
+        Ok(_) => return Ok(RegistrationVersion::V1),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => anyhow::bail!("cannot list MCPServerRegistrations: {e}"),
+    }
+    match api::<registration::v1alpha1::MCPServerRegistration>(client, namespace)
+        .list_metadata(&probe)
+        .await
+    {
+        Ok(_) => Ok(RegistrationVersion::V1alpha1),
+        Err(e) if is_not_found(&e) => anyhow::bail!(
+            "the MCPServerRegistration CRD (mcp.kuadrant.io, v1 or v1alpha1) is not installed: apply deploy/crds.yaml (or `trust-sds crd | kubectl apply -f -`)"
+        ),
+        Err(e) => anyhow::bail!("cannot list MCPServerRegistrations: {e}"),
+    }
+}
+
+/// Shared health, published whenever it changes.
+#[derive(Clone)]
+struct Health {
+    state: Arc<Mutex<(SourceHealth, BTreeSet<&'static str>)>>,
+    tx: mpsc::Sender<SourceEvent>,
+    watchers: usize,
+}
+
+impl Health {
+    async fn update(&self, f: impl FnOnce(&mut SourceHealth, &mut BTreeSet<&'static str>)) {
+        let health = {
+            let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (health, synced) = &mut *guard;
+            let before = health.clone();
+            f(health, synced);
+            health.synced = synced.len() >= self.watchers;
+            (*health != before).then(|| health.clone())
+        };
+        if let Some(h) = health {
+            let _ = self.tx.send(SourceEvent::Health(h)).await;
+        }
+    }
+
+    async fn synced(&self, watcher: &'static str) {
+        self.update(|h, s| {
+            s.insert(watcher);
+            h.error = None;
+        })
+        .await;
+    }
+
+    async fn failed(&self, watcher: &'static str, e: &watcher::Error) {
+        tracing::warn!(watcher, error = %e, "watch failed; serving the last snapshot and retrying");
+        let message = format!("watch of {watcher} failed ({e}); serving the last snapshot");
+        self.update(|h, _| h.error = Some(message)).await;
+    }
+
+    async fn healthy(&self) {
+        self.update(|h, _| h.error = None).await;
+    }
+}
+
+impl KubeSource {
+    pub fn new(client: Client, namespace: Option<String>) -> Self {
+        Self { client, namespace }
+    }
+
+    /// Watches until `events` closes. `version` comes from [`discover_registration_version`].
+    pub async fn run(
+        self,
+        version: RegistrationVersion,
+        events: mpsc::Sender<SourceEvent>,
+    ) -> anyhow::Result<()> {
+        let ns = self.namespace.as_deref();
+        tracing::info!(
+            version = version.api_version(),
+            namespace = ns.unwrap_or("<all>"),
+            "watching the Kubernetes API"
+        );
+        let health = Health {
+            state: Default::default(),
+            tx: events.clone(),
+            watchers: 3,
+        };
+        let config = watcher::Config::default();
+        let registrations = match version {
+            RegistrationVersion::V1 => futures::future::Either::Left(forward(
+                watcher(
+                    api::<registration::v1::MCPServerRegistration>(&self.client, ns),
+                    config.clone(),
+                ),
+                "MCPServerRegistration",
+                Kind::Registration,
+                |r| convert::registration_v1(r, "default").map(Object::Registration),
+                events.clone(),
+                health.clone(),
+            )),
+            RegistrationVersion::V1alpha1 => futures::future::Either::Right(forward(
+                watcher(
+                    api::<registration::v1alpha1::MCPServerRegistration>(&self.client, ns),
+                    config.clone(),
+                ),
+                "MCPServerRegistration",
+                Kind::Registration,
+                |r| convert::registration_v1alpha1(r, "default").map(Object::Registration),
+                events.clone(),
+                health.clone(),
+            )),
+        };
+        let extensions = match version {
+            RegistrationVersion::V1 => futures::future::Either::Left(forward(
+                watcher(
+                    api::<extension::v1::MCPGatewayExtension>(&self.client, ns),
+                    config.clone(),
+                ),
+                "MCPGatewayExtension",
+                Kind::Extension,
+                |e| convert::extension_v1(e, "default").map(Object::Extension),
+                events.clone(),
+                health.clone(),
+            )),
+            RegistrationVersion::V1alpha1 => futures::future::Either::Right(forward(
+                watcher(
+                    api::<extension::v1alpha1::MCPGatewayExtension>(&self.client, ns),
+                    config.clone(),
+                ),
+                "MCPGatewayExtension",
+                Kind::Extension,
+                |e| convert::extension_v1alpha1(e, "default").map(Object::Extension),
+                events.clone(),
+                health.clone(),
+            )),
+        };
+        let secrets = secrets(
+            self.client.clone(),
+            self.namespace.clone(),
+            events.clone(),
+            health.clone(),
+        );
+        tokio::select! {
+            _ = registrations => {}
+            _ = extensions => {}
+            _ = secrets => {}
+            _ = events.closed() => {}
+        }
+        Ok(())
+    }
+}
+
+/// Forwards one watcher's events, buffering a (re-)list into one `Reset`.
+async fn forward<K, S>(
+    stream: S,
+    watcher_name: &'static str,
+    kind: Kind,
+    convert: impl Fn(&K) -> Result<Object, convert::DecodeError> + Send,
+    events: mpsc::Sender<SourceEvent>,
+    health: Health,
+) where
+    K: Resource + Clone + std::fmt::Debug + Send + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+{
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    let mut buffer = Vec::new();
+    let decode = |k: &K| match convert(k) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            // One bad object never breaks a watch.
+            tracing::warn!(watcher = watcher_name, error = %e, "object skipped");
+            None
+        }
+    };
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(e) => e,
+            Err(e) => {
+                health.failed(watcher_name, &e).await;
+                continue;
+            }
+        };
+        let out = match event {
+            Event::Init => {
+                buffer.clear();
+                None
+            }
+            Event::InitApply(k) => {
+                buffer.extend(decode(&k));
+                None
+            }
+            Event::InitDone => {
+                let list = std::mem::take(&mut buffer);
+                if events.send(SourceEvent::Reset(kind, list)).await.is_err() {
+                    return;
+                }
+                health.synced(watcher_name).await;
+                None
+            }
+            Event::Apply(k) => decode(&k).map(SourceEvent::Apply),
+            Event::Delete(k) => Some(SourceEvent::Delete(kind, key_of(k.meta()))),
+        };
+        health.healthy().await;
+        if let Some(out) = out
+            && events.send(out).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Labelled Secrets (full) and every Secret's metadata, merged per key.
+async fn secrets(
+    client: Client,
+    namespace: Option<String>,
+    events: mpsc::Sender<SourceEvent>,
+    health: Health,
+) {
+    let ns = namespace.as_deref();
+    let selector = format!("{SECRET_LABEL}=true");
+    let full = watcher(
+        api::<Secret>(&client, ns),
+        watcher::Config::default().labels(&selector),
+    )
+    .default_backoff()
+    .map_ok(|e| e.modify(strip_secret))
+    .map(|r| (true, r.map(|e| e.map(Either::Full))));
+    let meta = metadata_watcher(api::<Secret>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .map(|r| (false, r.map(|e| e.map(Either::Meta))));
+    let merged = futures::stream::select(full, meta);
+    futures::pin_mut!(merged);
+    let mut state = SecretMerge::default();
+    while let Some((is_full, item)) = merged.next().await {
+        let name = if is_full {
+            "Secret (labelled)"
+        } else {
+            "Secret (metadata)"
+        };
+        let event = match item {
+            Ok(e) => e,
+            Err(e) => {
+                health.failed(name, &e).await;
+                continue;
+            }
+        };
+        health.healthy().await;
+        for out in state.handle(is_full, event) {
+            if events.send(out).await.is_err() {
+                return;
+            }
+        }
+        if state.full_synced && state.meta_synced {
+            health.synced("Secret").await;
+        }
+    }
+}
+
+enum Either {
+    Full(Secret),
+    Meta(PartialObjectMeta<Secret>),
+}
+
+/// Helper so both watchers' events share one type.
+trait EventMap<K> {
+    fn map<T>(self, f: impl Fn(K) -> T) -> Event<T>;
+}
+
+impl<K> EventMap<K> for Event<K> {
+    fn map<T>(self, f: impl Fn(K) -> T) -> Event<T> {
+        match self {
+            Event::Apply(k) => Event::Apply(f(k)),
+            Event::Delete(k) => Event::Delete(f(k)),
+            Event::Init => Event::Init,
+            Event::InitApply(k) => Event::InitApply(f(k)),
+            Event::InitDone => Event::InitDone,
+        }
+    }
+}
+
+/// Cached Secrets keep no managedFields or annotations (they can be large and are unused).
+fn strip_secret(s: &mut Secret) {
+    s.metadata.managed_fields = None;
+    s.metadata.annotations = None;
+}
+
+/// The merge of both Secret views.
+#[derive(Default)]
+struct SecretMerge {
+    /// Labelled Secrets, reduced (data kept).
+    labelled: BTreeMap<ObjectKey, SecretObject>,
+    /// Every Secret that exists (from metadata).
+    exists: BTreeSet<ObjectKey>,
+    full_buffer: Option<BTreeMap<ObjectKey, SecretObject>>,
+    meta_buffer: Option<BTreeSet<ObjectKey>>,
+    full_synced: bool,
+    meta_synced: bool,
+}
+
+impl SecretMerge {
+    fn handle(&mut self, is_full: bool, event: Event<Either>) -> Vec<SourceEvent> {
+        let mut touched = Vec::new();
+        match event {
+            Event::Init if is_full => self.full_buffer = Some(BTreeMap::new()),
+            Event::Init => self.meta_buffer = Some(BTreeSet::new()),
+            Event::InitApply(Either::Full(s)) => {
+                if let Some(o) = reduce(s) {
+                    self.full_buffer
+                        .get_or_insert_with(Default::default)
+                        .insert(o.key.clone(), o);
+                }
+            }
+            Event::InitApply(Either::Meta(m)) => {
+                self.meta_buffer
+                    .get_or_insert_with(Default::default)
+                    .insert(key_of(&m.metadata));
+            }
+            Event::InitDone if is_full => {
+                self.labelled = self.full_buffer.take().unwrap_or_default();
+                self.full_synced = true;
+                return self.reset();
+            }
+            Event::InitDone => {
+                self.exists = self.meta_buffer.take().unwrap_or_default();
+                self.meta_synced = true;
+                return self.reset();
+            }
+            Event::Apply(Either::Full(s)) => {
+                if let Some(o) = reduce(s) {
+                    touched.push(o.key.clone());
+                    self.exists.insert(o.key.clone());
+                    self.labelled.insert(o.key.clone(), o);
+                }
+            }
+            Event::Delete(Either::Full(s)) => {
+                let key = key_of(&s.metadata);
+                self.labelled.remove(&key);
+                touched.push(key);
+            }
+            Event::Apply(Either::Meta(m)) => {
+                let key = key_of(&m.metadata);
+                let labelled = m
+                    .labels()
+                    .iter()
+                    .any(|(k, v)| k == SECRET_LABEL && v == "true");
+                self.exists.insert(key.clone());
+                if !labelled {
+                    // Unlabelled now: whatever the full watch held is no longer readable.
+                    self.labelled.remove(&key);
+                }
+                touched.push(key);
+            }
+            Event::Delete(Either::Meta(m)) => {
+                let key = key_of(&m.metadata);
+                self.exists.remove(&key);
+                self.labelled.remove(&key);
+                touched.push(key);
+            }
+        }
+        if !(self.full_synced && self.meta_synced) {
+            return Vec::new();
+        }
+        touched
+            .into_iter()
+            .map(|key| match self.resolve(&key) {
+                Some(o) => SourceEvent::Apply(Object::Secret(o)),
+                None => SourceEvent::Delete(Kind::Secret, key),
+            })
+            .collect()
+    }
+
+    fn resolve(&self, key: &ObjectKey) -> Option<SecretObject> {
+        self.labelled.get(key).cloned().or_else(|| {
+            self.exists
+                .contains(key)
+                .then(|| SecretObject::unlabelled(key.clone()))
+        })
+    }
+
+    fn reset(&self) -> Vec<SourceEvent> {
+        if !(self.full_synced && self.meta_synced) {
+            return Vec::new();
+        }
+        let keys: BTreeSet<&ObjectKey> = self.exists.iter().chain(self.labelled.keys()).collect();
+        let all = keys
+            .into_iter()
+            .filter_map(|k| self.resolve(k))
+            .map(Object::Secret)
+            .collect();
+        vec![SourceEvent::Reset(Kind::Secret, all)]
+    }
+}
+
+/// A labelled Secret as the domain sees it (the label is re-checked: never trust a filter).
+fn reduce(s: Secret) -> Option<SecretObject> {
+    let labelled = s
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| has_opt_in_label(l.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    if !labelled {
+        return None;
+    }
+    match convert::secret(s, "default") {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(error = %e, "Secret skipped");
+            None
+        }
+    }
+}

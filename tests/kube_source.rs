@@ -1,0 +1,372 @@
+//! The `--kube` source and the status writer against the in-process fake API server
+//! (tests/support/fake_apiserver.rs documents which API semantics it implements).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::fake_apiserver::FakeApiServer;
+use support::pki::Ca;
+use support::sds::{DeltaClient, SotwClient, TestServer};
+use trust_sds::server::{self, ServeConfig};
+
+const REG: &str = "MCPServerRegistration";
+
+fn secret(ns: &str, name: &str, labelled: bool, data: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    let labels = if labelled {
+        json!({"mcp.kuadrant.io/secret": "true"})
+    } else {
+        json!({"app": "other"})
+    };
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "labels": labels}, "data": data})
+}
+
+fn registration(ns: &str, name: &str, secret: &str, key: Option<&str>) -> Value {
+    let mut ca = json!({"name": secret});
+    if let Some(k) = key {
+        ca["key"] = json!(k);
+    }
+    json!({
+        "apiVersion": "mcp.kuadrant.io/v1", "kind": REG,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": format!("{name}-route")}, "prefix": format!("{name}_"), "caCertSecretRef": ca}
+    })
+}
+
+/// Waits (bounded) until `check` holds, polling the fake's state.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !check() {
+            tick.tick().await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "timed out waiting for {what}");
+}
+
+fn ready_message(fake: &FakeApiServer, name: &str) -> Option<String> {
+    fake.ready(REG, "team", name)
+        .and_then(|c| c["message"].as_str().map(str::to_owned))
+}
+
+async fn start(fake: &FakeApiServer) -> server::Running {
+    server::start_kube(ServeConfig::default(), fake.client(), None)
+        .await
+        .expect("kube source starts")
+}
+
+#[tokio::test]
+async fn every_validation_message_becomes_the_ready_condition() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    let good = Ca::root("Good").pem();
+    let big = format!("{good}{}", "#".repeat(70_000));
+    for (reg, sec, key) in [
+        ("valid", "valid-ca", None),
+        ("gone", "no-such", None),
+        ("plain", "plain-ca", None),
+        ("nokey", "nokey-ca", Some("bundle.pem")),
+        ("big", "big-ca", None),
+        ("bad", "bad-ca", None),
+    ] {
+        fake.apply(registration("team", reg, sec, key));
+    }
+    fake.apply(secret("team", "valid-ca", true, &[("ca.crt", &good)]));
+    fake.apply(secret("team", "plain-ca", false, &[("ca.crt", &good)]));
+    fake.apply(secret("team", "nokey-ca", true, &[("ca.crt", &good)]));
+    fake.apply(secret("team", "big-ca", true, &[("ca.crt", &big)]));
+    fake.apply(secret(
+        "team",
+        "bad-ca",
+        true,
+        &[(
+            "ca.crt",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )],
+    ));
+    let running = start(&fake).await;
+
+    let expected = [
+        (
+            "gone",
+            "CA certificate secret no-such not found",
+            "CACertSecretNotFound",
+        ),
+        (
+            "plain",
+            "CA certificate secret plain-ca is missing required label mcp.kuadrant.io/secret=true",
+            "CACertSecretMissingLabel",
+        ),
+        (
+            "nokey",
+            "CA certificate secret nokey-ca missing key bundle.pem",
+            "CACertSecretMissingKey",
+        ),
+        (
+            "big",
+            "CA certificate data in secret big-ca exceeds maximum size (65536 bytes)",
+            "CACertTooLarge",
+        ),
+        (
+            "bad",
+            "CA certificate in secret bad-ca is invalid: unexpected PEM block type \"PRIVATE KEY\", expected CERTIFICATE",
+            "CACertInvalid",
+        ),
+    ];
+    for (name, message, reason) in expected {
+        eventually(name, || {
+            ready_message(&fake, name).as_deref() == Some(message)
+        })
+        .await;
+        let c = fake.ready(REG, "team", name).unwrap();
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], reason);
+        assert_eq!(c["observedGeneration"], 1);
+        assert!(c["lastTransitionTime"].as_str().is_some());
+    }
+    eventually("valid", || {
+        fake.ready(REG, "team", "valid")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(
+        running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/valid")
+            .is_some()
+    );
+
+    // Unlabelled Secret data is never requested: every Secret read without the label
+    // selector is metadata-only.
+    for r in fake.requests().iter().filter(|r| r.contains(" secrets ")) {
+        assert!(
+            r.contains("selector=mcp.kuadrant.io/secret=true") || r.ends_with("meta=true"),
+            "unlabelled data read: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotation_reaches_the_stream_and_the_status_and_unlabel_withdraws() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let running = start(&fake).await;
+    let server = TestServer::attach(running);
+    eventually("first status", || {
+        fake.ready(REG, "team", "weather").is_some()
+    })
+    .await;
+    let mut delta = DeltaClient::open(&server).await;
+    delta.subscribe(&["team/weather"], "").await;
+    let first = delta.recv().await;
+
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("B").pem())],
+    ));
+    let pushed = delta.recv().await;
+    assert_ne!(pushed.resources[0].version, first.resources[0].version);
+    let version = pushed.resources[0].version.clone();
+    eventually("status names the new version", || {
+        ready_message(&fake, "weather").is_some_and(|m| m.contains(&version))
+    })
+    .await;
+    let transition = fake.ready(REG, "team", "weather").unwrap()["lastTransitionTime"].clone();
+
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        false,
+        &[("ca.crt", &Ca::root("B").pem())],
+    ));
+    let removed = delta.recv().await;
+    assert_eq!(removed.removed_resources, ["team/weather"]);
+    eventually("missing label", || {
+        fake.ready(REG, "team", "weather")
+            .is_some_and(|c| c["reason"] == "CACertSecretMissingLabel")
+    })
+    .await;
+    let c = fake.ready(REG, "team", "weather").unwrap();
+    assert_eq!(c["status"], "False");
+    let _ = transition;
+}
+
+#[tokio::test]
+async fn watch_reset_and_410_cause_no_push() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let server = TestServer::attach(start(&fake).await);
+    eventually("served", || {
+        server
+            .running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/weather")
+            .is_some()
+    })
+    .await;
+    let mut c = SotwClient::open(&server).await;
+    c.request(&["team/weather"]).await;
+    let first = c.recv(&["team/weather"]).await;
+    c.ack(&["team/weather"]).await;
+
+    let lists_before = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("LIST"))
+        .count();
+    fake.compact();
+    fake.close_watches();
+    // Every watcher re-lists after its 410.
+    eventually("re-lists", || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.starts_with("LIST"))
+            .count()
+            >= lists_before + 4
+    })
+    .await;
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("B").pem())],
+    ));
+    let next = c.recv(&["team/weather"]).await;
+    assert_eq!(
+        next.nonce.parse::<u64>().unwrap(),
+        first.nonce.parse::<u64>().unwrap() + 1,
+        "the re-list pushed nothing"
+    );
+    assert_ne!(next.version_info, first.version_info);
+}
+
+#[tokio::test]
+async fn other_controllers_conditions_are_untouched_and_writes_happen_on_change_only() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.set_foreign_condition(REG, "team", "weather", "mcp-controller", json!({"type": "Accepted", "status": "True", "reason": "Accepted", "message": "route attached", "lastTransitionTime": "2026-01-01T00:00:00Z"}));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let running = start(&fake).await;
+    eventually("ready", || fake.ready(REG, "team", "weather").is_some()).await;
+    let types: Vec<String> = fake
+        .conditions(REG, "team", "weather")
+        .iter()
+        .map(|c| c["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        types.contains(&"Accepted".to_owned()) && types.contains(&"Ready".to_owned()),
+        "{types:?}"
+    );
+
+    // An unrelated Secret changes nothing we report: no further write.
+    let writes = fake.status_patches();
+    fake.apply(secret(
+        "team",
+        "unrelated",
+        true,
+        &[("ca.crt", &Ca::root("X").pem())],
+    ));
+    let mut statuses = running.published.statuses.clone();
+    statuses.mark_unchanged();
+    fake.apply(registration("team", "news", "news-ca", None));
+    tokio::time::timeout(Duration::from_secs(10), statuses.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("news status", || fake.ready(REG, "team", "news").is_some()).await;
+    assert_eq!(
+        fake.status_patches(),
+        writes + 1,
+        "only the new registration's status was written"
+    );
+
+    // Removing the reference releases our Ready condition; Accepted stays.
+    let mut reg = registration("team", "weather", "weather-ca", None);
+    reg["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caCertSecretRef");
+    fake.apply(reg);
+    eventually("Ready released", || {
+        fake.ready(REG, "team", "weather").is_none()
+    })
+    .await;
+    assert_eq!(
+        fake.conditions(REG, "team", "weather")[0]["type"],
+        "Accepted"
+    );
+}
+
+#[tokio::test]
+async fn v1alpha1_only_clusters_and_missing_crds() {
+    let fake = FakeApiServer::start(&[]).await;
+    let err = server::start_kube(ServeConfig::default(), fake.client(), None)
+        .await
+        .err()
+        .expect("no CRD");
+    assert!(
+        err.to_string().contains(
+            "MCPServerRegistration CRD (mcp.kuadrant.io, v1 or v1alpha1) is not installed"
+        ),
+        "{err}"
+    );
+
+    let fake = FakeApiServer::start(&["v1alpha1"]).await;
+    let mut reg = registration("team", "weather", "weather-ca", None);
+    reg["apiVersion"] = json!("mcp.kuadrant.io/v1alpha1");
+    fake.apply(reg);
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let running = start(&fake).await;
+    eventually("served from v1alpha1", || {
+        running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/weather")
+            .is_some()
+    })
+    .await;
+    eventually("status via v1alpha1", || {
+        fake.ready(REG, "team", "weather").is_some()
+    })
+    .await;
+}

@@ -1,0 +1,531 @@
+//! An in-process fake Kubernetes API server, over real HTTP on 127.0.0.1, for the `--kube`
+//! source and the status writer. It is a FAKE: no API server can run here. It implements the
+//! semantics trust-sds relies on, following the real API's conventions:
+//!
+//! - list and watch of `secrets` (core/v1) and of the `mcp.kuadrant.io` resources, with a
+//!   global `resourceVersion`, replay of events after the requested version, `410 Gone`
+//!   (an `ERROR` event with code 410) for versions older than the compacted history, and a
+//!   `BOOKMARK` after the replay;
+//! - `labelSelector` equality terms, including the real server's watch behaviour that an
+//!   object leaving the selector is seen as `DELETED` and one entering it as `ADDED`;
+//! - metadata-only requests (`Accept: ...;as=PartialObjectMetadata[List]`), which return no
+//!   `data`;
+//! - 404 for resource versions the test says are not served;
+//! - server-side apply on the `status` subresource: `conditions` merged by `type`, each
+//!   condition owned by the field manager that applied it, a manager's conditions that are
+//!   absent from its next apply removed, other managers' conditions untouched.
+//!
+//! Not implemented: pagination (`limit` is ignored), field selectors, RBAC, admission.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    rv: u64,
+    resource: String,
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<(String, String, String), Value>,
+    log: Vec<Entry>,
+    compacted: u64,
+    /// (resource, ns, name, condition type) -> manager.
+    owners: HashMap<(String, String, String, String), String>,
+    requests: Vec<String>,
+    status_patches: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    events: broadcast::Sender<Entry>,
+    closer: Arc<watch::Sender<u64>>,
+    served: Arc<Vec<String>>,
+}
+
+type AppState = FakeApiServer;
+
+fn resource_of(kind: &str) -> &'static str {
+    match kind {
+        "Secret" => "secrets",
+        "MCPServerRegistration" => "mcpserverregistrations",
+        "MCPGatewayExtension" => "mcpgatewayextensions",
+        other => panic!("fake API server: unknown kind {other}"),
+    }
+}
+
+impl FakeApiServer {
+    /// `served`: API versions of `mcp.kuadrant.io` the fake serves, e.g. `["v1"]`.
+    pub async fn start(served: &[&str]) -> FakeApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = FakeApiServer {
+            addr: listener.local_addr().unwrap(),
+            store: Default::default(),
+            events: broadcast::channel(4096).0,
+            closer: Arc::new(watch::channel(0).0),
+            served: Arc::new(served.iter().map(|s| s.to_string()).collect()),
+        };
+        let app = Router::new()
+            .route("/api/v1/{resource}", get(core_list))
+            .route("/apis/{group}/{version}/{resource}", get(group_list))
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/status",
+                patch(apply_status),
+            )
+            .with_state(server.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap()
+    }
+
+    /// Creates or replaces an object (given with apiVersion, kind, metadata).
+    pub fn apply(&self, mut object: Value) {
+        let resource = resource_of(object["kind"].as_str().unwrap()).to_owned();
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let mut store = self.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        let key = (resource.clone(), ns.clone(), name);
+        let old = store.objects.get(&key).cloned();
+        let generation = match &old {
+            Some(o) if o["spec"] == object["spec"] => {
+                o["metadata"]["generation"].as_i64().unwrap_or(1)
+            }
+            Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+            None => 1,
+        };
+        object["metadata"]["namespace"] = json!(ns);
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        object["metadata"]["generation"] = json!(generation);
+        // Writes to the main resource keep the status, as the real API server does.
+        if let Some(status) = old.as_ref().and_then(|o| o.get("status"))
+            && object.get("status").is_none()
+        {
+            object["status"] = status.clone();
+        }
+        store.objects.insert(key, object.clone());
+        self.record(
+            &mut store,
+            Entry {
+                rv,
+                resource,
+                old,
+                new: Some(object),
+            },
+        );
+    }
+
+    pub fn delete(&self, kind: &str, ns: &str, name: &str) {
+        let resource = resource_of(kind).to_owned();
+        let mut store = self.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        if let Some(mut old) =
+            store
+                .objects
+                .remove(&(resource.clone(), ns.to_owned(), name.to_owned()))
+        {
+            old["metadata"]["resourceVersion"] = json!(rv.to_string());
+            self.record(
+                &mut store,
+                Entry {
+                    rv,
+                    resource,
+                    old: Some(old.clone()),
+                    new: None,
+                },
+            );
+        }
+    }
+
+    fn record(&self, store: &mut Store, entry: Entry) {
+        store.log.push(entry.clone());
+        let _ = self.events.send(entry);
+    }
+
+    /// Forgets history: a watch from any version issued so far gets 410 Gone (as after an
+    /// etcd compaction past the client's version), so clients must re-list.
+    pub fn compact(&self) {
+        let mut store = self.lock();
+        // A write happened after the client's last version, and history up to it is gone;
+        // a fresh list returns a version that is valid again.
+        store.rv += 1;
+        store.compacted = store.rv;
+        store.log.clear();
+    }
+
+    /// Ends every open watch (clients reconnect from their last resourceVersion).
+    pub fn close_watches(&self) {
+        self.closer.send_modify(|g| *g += 1);
+    }
+
+    pub fn object(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(&(resource_of(kind).to_owned(), ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn conditions(&self, kind: &str, ns: &str, name: &str) -> Vec<Value> {
+        self.object(kind, ns, name)
+            .and_then(|o| o["status"]["conditions"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn ready(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        self.conditions(kind, ns, name)
+            .into_iter()
+            .find(|c| c["type"] == "Ready")
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
+    pub fn status_patches(&self) -> usize {
+        self.lock().status_patches
+    }
+
+    /// Sets a condition as another controller would (owned by `manager`).
+    pub fn set_foreign_condition(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        condition: Value,
+    ) {
+        let resource = resource_of(kind).to_owned();
+        let mut store = self.lock();
+        let ctype = condition["type"].as_str().unwrap().to_owned();
+        store.owners.insert(
+            (resource.clone(), ns.to_owned(), name.to_owned(), ctype),
+            manager.to_owned(),
+        );
+        let key = (resource, ns.to_owned(), name.to_owned());
+        let object = store.objects.get_mut(&key).unwrap();
+        let list = object["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut list: Vec<Value> = list
+            .into_iter()
+            .filter(|c| c["type"] != condition["type"])
+            .collect();
+        list.push(condition);
+        object["status"]["conditions"] = json!(list);
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    label_selector: Option<String>,
+    watch: Option<String>,
+    resource_version: Option<String>,
+    allow_watch_bookmarks: Option<bool>,
+}
+
+fn selector_matches(selector: &Option<String>, object: &Value) -> bool {
+    let Some(selector) = selector.as_deref().filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    selector.split(',').all(|term| {
+        let (k, v) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .expect("equality selector");
+        object["metadata"]["labels"][k.trim()].as_str() == Some(v.trim())
+    })
+}
+
+fn kind_of(resource: &str) -> (&'static str, &'static str) {
+    match resource {
+        "secrets" => ("Secret", "v1"),
+        "mcpserverregistrations" => ("MCPServerRegistration", "mcp.kuadrant.io/v1"),
+        "mcpgatewayextensions" => ("MCPGatewayExtension", "mcp.kuadrant.io/v1"),
+        _ => ("Unknown", "v1"),
+    }
+}
+
+fn metadata_only(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// The object as the client asked for it (metadata-only, or with the served apiVersion).
+fn render(object: &Value, meta_only: bool, api_version: &str) -> Value {
+    if meta_only {
+        return json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"] });
+    }
+    let mut o = object.clone();
+    if o["kind"] != "Secret" {
+        o["apiVersion"] = json!(api_version);
+    }
+    o
+}
+
+async fn core_list(
+    State(s): State<AppState>,
+    Path(resource): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    list_or_watch(s, resource, "v1".into(), q, headers).await
+}
+
+async fn group_list(
+    State(s): State<AppState>,
+    Path((group, version, resource)): Path<(String, String, String)>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if group != "mcp.kuadrant.io" || !s.served.contains(&version) {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}))).into_response();
+    }
+    list_or_watch(s, resource, format!("{group}/{version}"), q, headers).await
+}
+
+async fn list_or_watch(
+    s: FakeApiServer,
+    resource: String,
+    api_version: String,
+    q: ListQuery,
+    headers: HeaderMap,
+) -> Response {
+    let meta = metadata_only(&headers);
+    let watching = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
+    s.lock().requests.push(format!(
+        "{} {resource} selector={} meta={meta}",
+        if watching { "WATCH" } else { "LIST" },
+        q.label_selector.clone().unwrap_or_default()
+    ));
+    if !watching {
+        let store = s.lock();
+        let items: Vec<Value> = store
+            .objects
+            .iter()
+            .filter(|((r, _, _), o)| *r == resource && selector_matches(&q.label_selector, o))
+            .map(|(_, o)| render(o, meta, &api_version))
+            .collect();
+        let kind = if meta {
+            "PartialObjectMetadataList".to_owned()
+        } else {
+            format!("{}List", kind_of(&resource).0)
+        };
+        let list_api = if meta {
+            "meta.k8s.io/v1".to_owned()
+        } else {
+            api_version.clone()
+        };
+        return axum::Json(json!({"apiVersion": list_api, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}, "items": items})).into_response();
+    }
+    let from: u64 = q
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (replay, mut live, current, gone) = {
+        let store = s.lock();
+        let gone = from != 0 && from < store.compacted;
+        let replay: Vec<Entry> = store
+            .log
+            .iter()
+            .filter(|e| e.rv > from && e.resource == resource)
+            .cloned()
+            .collect();
+        (replay, s.events.subscribe(), store.rv, gone)
+    };
+    let mut closer = s.closer.subscribe();
+    closer.mark_unchanged();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let (kind, _) = kind_of(&resource);
+    let bookmarks = q.allow_watch_bookmarks.unwrap_or(false);
+    tokio::spawn(async move {
+        let line = |v: Value| Ok(Bytes::from(format!("{v}\n")));
+        if gone {
+            let status = json!({"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Expired","code":410,"message":"too old resource version"}});
+            let _ = tx.send(line(status)).await;
+            return;
+        }
+        let event = |e: &Entry| -> Option<Value> {
+            let was = e
+                .old
+                .as_ref()
+                .is_some_and(|o| selector_matches(&q.label_selector, o));
+            let is = e
+                .new
+                .as_ref()
+                .is_some_and(|o| selector_matches(&q.label_selector, o));
+            let (t, o) = match (was, is) {
+                (false, true) => ("ADDED", e.new.as_ref()?),
+                (true, true) => ("MODIFIED", e.new.as_ref()?),
+                (true, false) => ("DELETED", e.new.as_ref().or(e.old.as_ref())?),
+                (false, false) => return None,
+            };
+            let mut o = o.clone();
+            o["metadata"]["resourceVersion"] = json!(e.rv.to_string());
+            Some(json!({"type": t, "object": render(&o, meta, &api_version)}))
+        };
+        for e in &replay {
+            if let Some(v) = event(e)
+                && tx.send(line(v)).await.is_err()
+            {
+                return;
+            }
+        }
+        if bookmarks {
+            let bookmark = json!({"type":"BOOKMARK","object":{"kind": if meta {"PartialObjectMetadata"} else {kind}, "apiVersion": if meta {"meta.k8s.io/v1".to_owned()} else {api_version.clone()}, "metadata":{"resourceVersion": current.max(from).to_string()}}});
+            if tx.send(line(bookmark)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                e = live.recv() => {
+                    let Ok(e) = e else { return };
+                    if e.resource != resource || e.rv <= current.max(from) { continue; }
+                    if let Some(v) = event(&e)
+                        && tx.send(line(v)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                _ = closer.changed() => return,
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PatchQuery {
+    field_manager: Option<String>,
+}
+
+async fn apply_status(
+    State(s): State<AppState>,
+    Path((_group, version, ns, resource, name)): Path<(String, String, String, String, String)>,
+    Query(q): Query<PatchQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert_eq!(
+        content_type, "application/apply-patch+yaml",
+        "status must be written by server-side apply"
+    );
+    let manager = q.field_manager.expect("SSA needs a fieldManager");
+    let patch: Value = serde_json::from_slice(&body).expect("JSON apply body");
+    let mut store = s.lock();
+    store.requests.push(format!(
+        "APPLY-STATUS {resource} {ns}/{name} manager={manager}"
+    ));
+    store.status_patches += 1;
+    let key = (resource.clone(), ns.clone(), name.clone());
+    let Some(mut object) = store.objects.get(&key).cloned() else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("{resource} {name} not found")}))).into_response();
+    };
+    let applied: Vec<Value> = patch["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let existing: Vec<Value> = object["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let applied_types: Vec<String> = applied
+        .iter()
+        .map(|c| c["type"].as_str().unwrap().to_owned())
+        .collect();
+    let mut merged = Vec::new();
+    for c in existing {
+        let t = c["type"].as_str().unwrap_or_default().to_owned();
+        let owner = store
+            .owners
+            .get(&(resource.clone(), ns.clone(), name.clone(), t.clone()))
+            .cloned();
+        let ours = owner.as_deref() == Some(manager.as_str());
+        if applied_types.contains(&t) || ours {
+            continue; // replaced below, or released by its owner
+        }
+        merged.push(c);
+    }
+    for t in store
+        .owners
+        .keys()
+        .filter(|k| k.0 == resource && k.1 == ns && k.2 == name)
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        if store.owners[&t] == manager && !applied_types.contains(&t.3) {
+            store.owners.remove(&t);
+        }
+    }
+    for c in applied {
+        let t = c["type"].as_str().unwrap().to_owned();
+        store.owners.insert(
+            (resource.clone(), ns.clone(), name.clone(), t),
+            manager.clone(),
+        );
+        merged.push(c);
+    }
+    object["status"]["conditions"] = json!(merged);
+    store.rv += 1;
+    let rv = store.rv;
+    let old = store.objects.get(&key).cloned();
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    store.objects.insert(key, object.clone());
+    let entry = Entry {
+        rv,
+        resource,
+        old,
+        new: Some(object.clone()),
+    };
+    store.log.push(entry.clone());
+    drop(store);
+    let _ = s.events.send(entry);
+    let mut rendered = object;
+    rendered["apiVersion"] = json!(format!("mcp.kuadrant.io/{version}"));
+    axum::Json(rendered).into_response()
+}
