@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod crd;
 pub mod index;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

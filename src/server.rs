@@ -57,6 +57,8 @@ pub struct Running {
     pub sds_snapshot: watch::Receiver<Arc<crate::sds::encode::SdsSnapshot>>,
     pub metrics: Arc<Metrics>,
     pub clients: Arc<ClientRegistry>,
+    /// Whether this replica writes status (always true without leader election).
+    pub is_leader: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
     /// Listeners: awaited on shutdown so streams drain.
     tasks: Vec<JoinHandle<()>>,
@@ -104,10 +106,12 @@ pub async fn start_manifests(
 }
 
 /// Starts the server fed by the Kubernetes API (`client`), writing `Ready` conditions.
+/// `lease`: with several replicas, only the holder of this Lease writes status.
 pub async fn start_kube(
     config: ServeConfig,
     client: kube::Client,
     namespace: Option<String>,
+    lease: Option<crate::leader::LeaseConfig>,
 ) -> anyhow::Result<Running> {
     use crate::source::kube::{KubeSource, discover_registration_version};
     use crate::status_writer::{self, StatusWriterConfig};
@@ -125,10 +129,19 @@ pub async fn start_kube(
         extension_version: version.version().to_owned(),
     };
     // One replica, or the Lease holder when several run, writes status.
-    let (_leader_tx, leader_rx) = watch::channel(true);
+    let (leader_tx, leader_rx) = watch::channel(lease.is_none());
+    match lease {
+        Some(lease) => {
+            let client = client.clone();
+            running
+                .background
+                .push(tokio::spawn(crate::leader::run(client, lease, leader_tx)));
+        }
+        None => drop(leader_tx),
+    }
+    running.is_leader = leader_rx.clone();
     let statuses = running.published.statuses.clone();
     running.background.push(tokio::spawn(async move {
-        let _keep = _leader_tx;
         status_writer::run(client, writer_config, statuses, leader_rx).await;
     }));
     Ok(running)
@@ -215,6 +228,7 @@ pub async fn start(
         sds_snapshot: encoded,
         metrics,
         clients,
+        is_leader: watch::channel(true).1,
         shutdown,
         tasks,
         background,

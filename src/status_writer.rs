@@ -102,7 +102,8 @@ pub async fn run(
         }
         tokio::select! {
             changed = statuses.changed() => if changed.is_err() { return },
-            changed = is_leader.changed() => if changed.is_err() { return },
+            // Without leader election the sender is gone and leadership never changes.
+            Ok(()) = is_leader.changed() => {}
         }
     }
 }

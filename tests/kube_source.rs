@@ -62,7 +62,7 @@ fn ready_message(fake: &FakeApiServer, name: &str) -> Option<String> {
 }
 
 async fn start(fake: &FakeApiServer) -> server::Running {
-    server::start_kube(ServeConfig::default(), fake.client(), None)
+    server::start_kube(ServeConfig::default(), fake.client(), None, None)
         .await
         .expect("kube source starts")
 }
@@ -334,7 +334,7 @@ async fn other_controllers_conditions_are_untouched_and_writes_happen_on_change_
 #[tokio::test]
 async fn v1alpha1_only_clusters_and_missing_crds() {
     let fake = FakeApiServer::start(&[]).await;
-    let err = server::start_kube(ServeConfig::default(), fake.client(), None)
+    let err = server::start_kube(ServeConfig::default(), fake.client(), None, None)
         .await
         .err()
         .expect("no CRD");
@@ -369,4 +369,82 @@ async fn v1alpha1_only_clusters_and_missing_crds() {
         fake.ready(REG, "team", "weather").is_some()
     })
     .await;
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_writes_status() {
+    use trust_sds::leader::LeaseConfig;
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let lease = |id: &str| LeaseConfig {
+        lease_duration: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(100),
+        ..LeaseConfig::new("trust-sds-system", id)
+    };
+    let a = server::start_kube(
+        ServeConfig::default(),
+        fake.client(),
+        None,
+        Some(lease("replica-a")),
+    )
+    .await
+    .unwrap();
+    eventually("a leads", || *a.is_leader.borrow()).await;
+    eventually("a wrote", || fake.ready(REG, "team", "weather").is_some()).await;
+    let b = server::start_kube(
+        ServeConfig::default(),
+        fake.client(),
+        None,
+        Some(lease("replica-b")),
+    )
+    .await
+    .unwrap();
+    eventually("b serves", || {
+        b.published.snapshot.borrow().get("team/weather").is_some()
+    })
+    .await;
+
+    // A new registration: both replicas translate it, only the leader writes it.
+    let before = fake.status_patches();
+    fake.apply(registration("team", "news", "weather-ca", None));
+    eventually("b translated news", || {
+        b.published
+            .statuses
+            .borrow()
+            .keys()
+            .any(|t| format!("{t:?}").contains("news"))
+    })
+    .await;
+    eventually("news written", || fake.ready(REG, "team", "news").is_some()).await;
+    assert!(!*b.is_leader.borrow(), "b must not lead while a renews");
+    assert_eq!(
+        fake.status_patches(),
+        before + 1,
+        "one write, by the leader"
+    );
+    assert_eq!(
+        fake.lease_holder("trust-sds-system", "trust-sds-status-writer")
+            .as_deref(),
+        Some("replica-a")
+    );
+
+    // A stops renewing: B takes over once the lease expires, then writes what it believes.
+    a.shutdown().await;
+    eventually("b leads", || *b.is_leader.borrow()).await;
+    assert_eq!(
+        fake.lease_holder("trust-sds-system", "trust-sds-status-writer")
+            .as_deref(),
+        Some("replica-b")
+    );
+    eventually("b wrote", || fake.status_patches() >= before + 3).await;
 }

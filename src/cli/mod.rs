@@ -66,6 +66,18 @@ struct ServeArgs {
     /// With --kube: watch one namespace only (default: all namespaces).
     #[arg(long, requires = "kube")]
     namespace: Option<String>,
+    /// With --kube: elect a status writer through a Lease in this namespace (for several
+    /// replicas; usually the pod's namespace). Without it, this replica always writes.
+    #[arg(
+        long,
+        requires = "kube",
+        value_name = "NAMESPACE",
+        env = "TRUST_SDS_LEASE_NAMESPACE"
+    )]
+    leader_elect: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "trust-sds")]
+    identity: String,
     /// Namespace for manifests that name none.
     #[arg(long, default_value = "default")]
     default_namespace: String,
@@ -142,7 +154,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "cannot configure a Kubernetes client (in-cluster or kubeconfig): {e}"
                 )
             })?;
-            server::start_kube(config, client, args.namespace).await?
+            let lease = args
+                .leader_elect
+                .map(|ns| crate::leader::LeaseConfig::new(ns, args.identity.clone()));
+            server::start_kube(config, client, args.namespace, lease).await?
         }
     };
     log_statuses(&running.published);

@@ -49,6 +49,8 @@ struct Store {
     owners: HashMap<(String, String, String, String), String>,
     requests: Vec<String>,
     status_patches: usize,
+    /// coordination.k8s.io Leases by (namespace, name).
+    leases: BTreeMap<(String, String), Value>,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,16 @@ impl FakeApiServer {
                 "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/status",
                 patch(apply_status),
             )
+            // Leases (coordination.k8s.io/v1) are the only objects read or written one by one.
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{resource}",
+                axum::routing::post(create_lease),
+            )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}",
+                get(get_lease).put(replace_lease),
+            )
+            .fallback(unmatched)
             .with_state(server.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         server
@@ -209,6 +221,13 @@ impl FakeApiServer {
 
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
+    }
+
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        let store = self.lock();
+        store.leases.get(&(ns.to_owned(), name.to_owned()))?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     pub fn status_patches(&self) -> usize {
@@ -528,4 +547,98 @@ async fn apply_status(
     let mut rendered = object;
     rendered["apiVersion"] = json!(format!("mcp.kuadrant.io/{version}"));
     axum::Json(rendered).into_response()
+}
+
+fn status_error(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":reason,"code":code,"message":message});
+    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
+}
+
+fn lease_out(mut lease: Value, ns: &str, rv: u64) -> Value {
+    lease["apiVersion"] = json!("coordination.k8s.io/v1");
+    lease["kind"] = json!("Lease");
+    lease["metadata"]["namespace"] = json!(ns);
+    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
+    lease
+}
+
+type LeasePath = (String, String, String, String, String);
+
+fn is_lease(group: &str, resource: &str) -> bool {
+    group == "coordination.k8s.io" && resource == "leases"
+}
+
+async fn get_lease(
+    State(s): State<AppState>,
+    Path((group, _, ns, resource, name)): Path<LeasePath>,
+) -> Response {
+    if !is_lease(&group, &resource) {
+        return status_error(404, "NotFound", format!("no route for {group}/{resource}"));
+    }
+    match s.lock().leases.get(&(ns, name.clone())) {
+        Some(l) => axum::Json(l.clone()).into_response(),
+        None => status_error(404, "NotFound", format!("leases \"{name}\" not found")),
+    }
+}
+
+async fn create_lease(
+    State(s): State<AppState>,
+    Path((group, _, ns, resource)): Path<(String, String, String, String)>,
+    axum::Json(lease): axum::Json<Value>,
+) -> Response {
+    if !is_lease(&group, &resource) {
+        return status_error(404, "NotFound", format!("no route for {group}/{resource}"));
+    }
+    let name = lease["metadata"]["name"].as_str().unwrap().to_owned();
+    let mut store = s.lock();
+    if store.leases.contains_key(&(ns.clone(), name.clone())) {
+        return status_error(
+            409,
+            "AlreadyExists",
+            format!("leases \"{name}\" already exists"),
+        );
+    }
+    store.rv += 1;
+    let lease = lease_out(lease, &ns, store.rv);
+    store.leases.insert((ns, name), lease.clone());
+    (StatusCode::CREATED, axum::Json(lease)).into_response()
+}
+
+/// Optimistic concurrency: the request's resourceVersion must be the stored one.
+async fn replace_lease(
+    State(s): State<AppState>,
+    Path((group, _, ns, resource, name)): Path<LeasePath>,
+    axum::Json(lease): axum::Json<Value>,
+) -> Response {
+    if !is_lease(&group, &resource) {
+        return status_error(404, "NotFound", format!("no route for {group}/{resource}"));
+    }
+    let mut store = s.lock();
+    let key = (ns.clone(), name.clone());
+    let Some(current) = store.leases.get(&key) else {
+        return status_error(404, "NotFound", format!("leases \"{name}\" not found"));
+    };
+    if current["metadata"]["resourceVersion"] != lease["metadata"]["resourceVersion"] {
+        return status_error(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on leases \"{name}\": the object has been modified"
+            ),
+        );
+    }
+    store.rv += 1;
+    let lease = lease_out(lease, &ns, store.rv);
+    store.leases.insert(key, lease.clone());
+    axum::Json(lease).into_response()
+}
+
+async fn unmatched(
+    State(s): State<AppState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    s.lock().requests.push(format!("UNMATCHED {method} {uri}"));
+    eprintln!("fake API server: no route for {method} {uri}");
+    status_error(404, "NotFound", format!("no route for {uri}"))
 }
