@@ -448,3 +448,86 @@ async fn only_the_lease_holder_writes_status() {
     );
     eventually("b wrote", || fake.status_patches() >= before + 3).await;
 }
+
+#[tokio::test]
+async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    let mut broken = registration("team", "broken", "weather-ca", None);
+    broken["spec"]["state"] = json!("Sideways");
+    fake.apply(broken);
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let server = TestServer::attach(start(&fake).await);
+    eventually("good one served", || {
+        server
+            .running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/weather")
+            .is_some()
+    })
+    .await;
+    assert!(
+        server
+            .running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/broken")
+            .is_none(),
+        "malformed object skipped"
+    );
+    let mut c = SotwClient::open(&server).await;
+    c.request(&["team/weather"]).await;
+    let first = c.recv(&["team/weather"]).await;
+    c.ack(&["team/weather"]).await;
+
+    // Outage: watches fail; the snapshot stays, health says stale.
+    fake.set_failing(true);
+    fake.close_watches();
+    let mut health = server.running.published.health.clone();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        health.wait_for(|h| h.error.is_some()),
+    )
+    .await
+    .expect("stale reported")
+    .unwrap();
+    assert!(
+        server
+            .running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/weather")
+            .is_some()
+    );
+
+    // Recovery: re-list, the error clears, nothing is pushed for the unchanged bundle.
+    fake.set_failing(false);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        health.wait_for(|h| h.error.is_none()),
+    )
+    .await
+    .expect("recovered")
+    .unwrap();
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("B").pem())],
+    ));
+    let next = c.recv(&["team/weather"]).await;
+    assert_eq!(
+        next.nonce.parse::<u64>().unwrap(),
+        first.nonce.parse::<u64>().unwrap() + 1,
+        "no push for the outage"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{WatchStreamExt, metadata_watcher};
@@ -23,7 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::crd::convert;
-use crate::crd::{extension, registration};
+use crate::crd::registration;
 use crate::model::{Kind, Object, ObjectKey, SECRET_LABEL, SecretObject, has_opt_in_label};
 use crate::pipeline::SourceEvent;
 use crate::snapshot::SourceHealth;
@@ -162,54 +162,43 @@ impl KubeSource {
             watchers: 3,
         };
         let config = watcher::Config::default();
-        let registrations = match version {
-            RegistrationVersion::V1 => futures::future::Either::Left(forward(
-                watcher(
-                    api::<registration::v1::MCPServerRegistration>(&self.client, ns),
-                    config.clone(),
+        // Decoded one object at a time from dynamic objects: a malformed object is skipped
+        // and logged instead of failing the whole list.
+        let group_version = version.api_version();
+        let registrations = forward(
+            watcher(
+                dynamic_api(
+                    &self.client,
+                    ns,
+                    group_version,
+                    "MCPServerRegistration",
+                    "mcpserverregistrations",
                 ),
-                "MCPServerRegistration",
-                Kind::Registration,
-                |r| convert::registration_v1(r, "default").map(Object::Registration),
-                events.clone(),
-                health.clone(),
-            )),
-            RegistrationVersion::V1alpha1 => futures::future::Either::Right(forward(
-                watcher(
-                    api::<registration::v1alpha1::MCPServerRegistration>(&self.client, ns),
-                    config.clone(),
+                config.clone(),
+            ),
+            "MCPServerRegistration",
+            Kind::Registration,
+            move |o| decode_dynamic(o, group_version, "MCPServerRegistration"),
+            events.clone(),
+            health.clone(),
+        );
+        let extensions = forward(
+            watcher(
+                dynamic_api(
+                    &self.client,
+                    ns,
+                    group_version,
+                    "MCPGatewayExtension",
+                    "mcpgatewayextensions",
                 ),
-                "MCPServerRegistration",
-                Kind::Registration,
-                |r| convert::registration_v1alpha1(r, "default").map(Object::Registration),
-                events.clone(),
-                health.clone(),
-            )),
-        };
-        let extensions = match version {
-            RegistrationVersion::V1 => futures::future::Either::Left(forward(
-                watcher(
-                    api::<extension::v1::MCPGatewayExtension>(&self.client, ns),
-                    config.clone(),
-                ),
-                "MCPGatewayExtension",
-                Kind::Extension,
-                |e| convert::extension_v1(e, "default").map(Object::Extension),
-                events.clone(),
-                health.clone(),
-            )),
-            RegistrationVersion::V1alpha1 => futures::future::Either::Right(forward(
-                watcher(
-                    api::<extension::v1alpha1::MCPGatewayExtension>(&self.client, ns),
-                    config.clone(),
-                ),
-                "MCPGatewayExtension",
-                Kind::Extension,
-                |e| convert::extension_v1alpha1(e, "default").map(Object::Extension),
-                events.clone(),
-                health.clone(),
-            )),
-        };
+                config.clone(),
+            ),
+            "MCPGatewayExtension",
+            Kind::Extension,
+            move |o| decode_dynamic(o, group_version, "MCPGatewayExtension"),
+            events.clone(),
+            health.clone(),
+        );
         let secrets = secrets(
             self.client.clone(),
             self.namespace.clone(),
@@ -224,6 +213,45 @@ impl KubeSource {
         }
         Ok(())
     }
+}
+
+fn dynamic_api(
+    client: &Client,
+    namespace: Option<&str>,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// A watched object as the manifests parser would see it (same conversion, same errors).
+fn decode_dynamic(
+    object: &DynamicObject,
+    api_version: &str,
+    kind: &str,
+) -> Result<Object, convert::DecodeError> {
+    let invalid = |source| convert::DecodeError::Invalid {
+        kind: kind.to_owned(),
+        source,
+    };
+    let mut value = serde_json::to_value(object).map_err(invalid)?;
+    value["apiVersion"] = serde_json::Value::from(api_version);
+    value["kind"] = serde_json::Value::from(kind);
+    convert::decode_document(value, "default")?.ok_or_else(|| convert::DecodeError::MissingName {
+        kind: kind.to_owned(),
+    })
 }
 
 /// Forwards one watcher's events, buffering a (re-)list into one `Reset`.

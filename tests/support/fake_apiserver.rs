@@ -15,6 +15,8 @@
 //!   condition owned by the field manager that applied it, a manager's conditions that are
 //!   absent from its next apply removed, other managers' conditions untouched.
 //!
+//! - a simulated outage: lists and watches answer 500 while it lasts.
+//!
 //! Not implemented: pagination (`limit` is ignored), field selectors, RBAC, admission.
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +53,8 @@ struct Store {
     status_patches: usize,
     /// coordination.k8s.io Leases by (namespace, name).
     leases: BTreeMap<(String, String), Value>,
+    /// Simulated outage: every list and watch answers 500.
+    failing: bool,
 }
 
 #[derive(Clone)]
@@ -223,6 +227,11 @@ impl FakeApiServer {
         self.lock().requests.clone()
     }
 
+    /// Starts or ends a simulated outage of list and watch (500 Internal Server Error).
+    pub fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
     pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
         let store = self.lock();
         store.leases.get(&(ns.to_owned(), name.to_owned()))?["spec"]["holderIdentity"]
@@ -343,6 +352,9 @@ async fn list_or_watch(
     q: ListQuery,
     headers: HeaderMap,
 ) -> Response {
+    if s.lock().failing {
+        return status_error(500, "InternalError", "etcdserver: request timed out".into());
+    }
     let meta = metadata_only(&headers);
     let watching = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     s.lock().requests.push(format!(
