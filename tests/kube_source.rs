@@ -531,3 +531,53 @@ async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
         "no push for the outage"
     );
 }
+
+#[tokio::test]
+async fn gateway_bundle_follows_http_route_parents() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    // The registration lives in `apps`; its route attaches to the Gateway in `gw`, whose
+    // extension carries the base bundle.
+    let mut reg = registration("apps", "weather", "own-ca", None);
+    reg["spec"]["targetRef"]["name"] = json!("weather-route");
+    fake.apply(reg);
+    fake.apply(secret(
+        "apps",
+        "own-ca",
+        true,
+        &[("ca.crt", &Ca::root("Own").pem())],
+    ));
+    fake.apply(json!({"apiVersion": "mcp.kuadrant.io/v1", "kind": "MCPGatewayExtension", "metadata": {"name": "mcp", "namespace": "gw"},
+        "spec": {"targetRef": {"name": "gateway", "sectionName": "mcp"}, "caCertBundleRef": {"name": "base-ca"}}}));
+    fake.apply(secret(
+        "gw",
+        "base-ca",
+        true,
+        &[("ca.crt", &Ca::root("Base").pem())],
+    ));
+    fake.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "weather-route", "namespace": "apps"},
+        "spec": {"parentRefs": [{"name": "gateway", "namespace": "gw"}]}}));
+    let running = start(&fake).await;
+    eventually("base + own", || {
+        running
+            .published
+            .snapshot
+            .borrow()
+            .get("apps/weather")
+            .is_some_and(|b| b.certificates().len() == 2)
+    })
+    .await;
+    assert!(
+        running
+            .published
+            .snapshot
+            .borrow()
+            .get("gateway/gw/mcp")
+            .is_some()
+    );
+    let c = fake.ready("MCPGatewayExtension", "gw", "mcp");
+    eventually("extension status", || {
+        fake.ready("MCPGatewayExtension", "gw", "mcp").is_some()
+    })
+    .await;
+    let _ = c;
+}

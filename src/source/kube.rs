@@ -156,10 +156,16 @@ impl KubeSource {
             namespace = ns.unwrap_or("<all>"),
             "watching the Kubernetes API"
         );
+        let routes_served = routes_served(&self.client, ns).await;
+        if !routes_served {
+            tracing::info!(
+                "HTTPRoutes (gateway.networking.k8s.io/v1) not served: gateway bundles apply by namespace"
+            );
+        }
         let health = Health {
             state: Default::default(),
             tx: events.clone(),
-            watchers: 3,
+            watchers: if routes_served { 4 } else { 3 },
         };
         let config = watcher::Config::default();
         // Decoded one object at a time from dynamic objects: a malformed object is skipped
@@ -205,13 +211,46 @@ impl KubeSource {
             events.clone(),
             health.clone(),
         );
+        let routes = async {
+            if !routes_served {
+                return futures::future::pending().await;
+            }
+            forward(
+                watcher(
+                    dynamic_api(&self.client, ns, ROUTE_API, "HTTPRoute", "httproutes"),
+                    config.clone(),
+                ),
+                "HTTPRoute",
+                Kind::Route,
+                |o| decode_dynamic(o, ROUTE_API, "HTTPRoute"),
+                events.clone(),
+                health.clone(),
+            )
+            .await
+        };
         tokio::select! {
+            _ = routes => {}
             _ = registrations => {}
             _ = extensions => {}
             _ = secrets => {}
             _ = events.closed() => {}
         }
         Ok(())
+    }
+}
+
+const ROUTE_API: &str = "gateway.networking.k8s.io/v1";
+
+/// Whether the cluster serves Gateway API HTTPRoutes (they decide gateway membership).
+async fn routes_served(client: &Client, namespace: Option<&str>) -> bool {
+    let api = dynamic_api(client, namespace, ROUTE_API, "HTTPRoute", "httproutes");
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(e) if is_not_found(&e) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list HTTPRoutes; gateway bundles apply by namespace");
+            false
+        }
     }
 }
 

@@ -73,6 +73,7 @@ fn resource_of(kind: &str) -> &'static str {
         "Secret" => "secrets",
         "MCPServerRegistration" => "mcpserverregistrations",
         "MCPGatewayExtension" => "mcpgatewayextensions",
+        "HTTPRoute" => "httproutes",
         other => panic!("fake API server: unknown kind {other}"),
     }
 }
@@ -301,6 +302,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "secrets" => ("Secret", "v1"),
         "mcpserverregistrations" => ("MCPServerRegistration", "mcp.kuadrant.io/v1"),
         "mcpgatewayextensions" => ("MCPGatewayExtension", "mcp.kuadrant.io/v1"),
+        "httproutes" => ("HTTPRoute", "gateway.networking.k8s.io/v1"),
         _ => ("Unknown", "v1"),
     }
 }
@@ -339,7 +341,8 @@ async fn group_list(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if group != "mcp.kuadrant.io" || !s.served.contains(&version) {
+    let gateway_api = group == "gateway.networking.k8s.io" && version == "v1";
+    if !gateway_api && (group != "mcp.kuadrant.io" || !s.served.contains(&version)) {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}))).into_response();
     }
     list_or_watch(s, resource, format!("{group}/{version}"), q, headers).await
