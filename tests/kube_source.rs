@@ -44,6 +44,25 @@ fn registration(ns: &str, name: &str, secret: &str, key: Option<&str>) -> Value 
     })
 }
 
+/// `team/weather` referencing a labelled `weather-ca` holding a new root named `cn`.
+fn seed_weather(fake: &FakeApiServer, cn: &str) {
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    rotate_weather(fake, cn);
+}
+
+fn rotate_weather(fake: &FakeApiServer, cn: &str) {
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root(cn).pem())],
+    ));
+}
+
+fn serves(running: &server::Running, name: &str) -> bool {
+    running.published.snapshot.borrow().get(name).is_some()
+}
+
 /// Waits (bounded) until `check` holds, polling the fake's state.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let found = tokio::time::timeout(Duration::from_secs(15), async {
@@ -162,13 +181,7 @@ async fn every_validation_message_becomes_the_ready_condition() {
 #[tokio::test]
 async fn rotation_reaches_the_stream_and_the_status_and_unlabel_withdraws() {
     let fake = FakeApiServer::start(&["v1"]).await;
-    fake.apply(registration("team", "weather", "weather-ca", None));
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("A").pem())],
-    ));
+    seed_weather(&fake, "A");
     let running = start(&fake).await;
     let server = TestServer::attach(running);
     eventually("first status", || {
@@ -179,12 +192,7 @@ async fn rotation_reaches_the_stream_and_the_status_and_unlabel_withdraws() {
     delta.subscribe(&["team/weather"], "").await;
     let first = delta.recv().await;
 
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("B").pem())],
-    ));
+    rotate_weather(&fake, "B");
     let pushed = delta.recv().await;
     assert_ne!(pushed.resources[0].version, first.resources[0].version);
     let version = pushed.resources[0].version.clone();
@@ -215,24 +223,9 @@ async fn rotation_reaches_the_stream_and_the_status_and_unlabel_withdraws() {
 #[tokio::test]
 async fn watch_reset_and_410_cause_no_push() {
     let fake = FakeApiServer::start(&["v1"]).await;
-    fake.apply(registration("team", "weather", "weather-ca", None));
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("A").pem())],
-    ));
+    seed_weather(&fake, "A");
     let server = TestServer::attach(start(&fake).await);
-    eventually("served", || {
-        server
-            .running
-            .published
-            .snapshot
-            .borrow()
-            .get("team/weather")
-            .is_some()
-    })
-    .await;
+    eventually("served", || serves(&server.running, "team/weather")).await;
     let mut c = SotwClient::open(&server).await;
     c.request(&["team/weather"]).await;
     let first = c.recv(&["team/weather"]).await;
@@ -254,12 +247,7 @@ async fn watch_reset_and_410_cause_no_push() {
             >= lists_before + 4
     })
     .await;
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("B").pem())],
-    ));
+    rotate_weather(&fake, "B");
     let next = c.recv(&["team/weather"]).await;
     assert_eq!(
         next.nonce.parse::<u64>().unwrap(),
@@ -379,13 +367,7 @@ async fn only_the_lease_holder_writes_status() {
         .with_env_filter("warn")
         .try_init();
     let fake = FakeApiServer::start(&["v1"]).await;
-    fake.apply(registration("team", "weather", "weather-ca", None));
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("A").pem())],
-    ));
+    seed_weather(&fake, "A");
     let lease = |id: &str| LeaseConfig {
         lease_duration: Duration::from_millis(1500),
         renew_every: Duration::from_millis(100),
@@ -464,13 +446,7 @@ async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
     ));
     let server = TestServer::attach(start(&fake).await);
     eventually("good one served", || {
-        server
-            .running
-            .published
-            .snapshot
-            .borrow()
-            .get("team/weather")
-            .is_some()
+        serves(&server.running, "team/weather")
     })
     .await;
     assert!(
@@ -518,12 +494,7 @@ async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
     .await
     .expect("recovered")
     .unwrap();
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("B").pem())],
-    ));
+    rotate_weather(&fake, "B");
     let next = c.recv(&["team/weather"]).await;
     assert_eq!(
         next.nonce.parse::<u64>().unwrap(),

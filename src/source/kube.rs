@@ -228,7 +228,16 @@ impl KubeSource {
             )
             .await
         };
+        // A resumed watch is silent when nothing changed, so recovery is confirmed by a
+        // cheap request rather than by waiting for the next object event.
+        let recovery = recovery_probe(
+            self.client.clone(),
+            self.namespace.clone(),
+            version,
+            health.clone(),
+        );
         tokio::select! {
+            _ = recovery => {}
             _ = routes => {}
             _ = registrations => {}
             _ = extensions => {}
@@ -291,6 +300,35 @@ fn decode_dynamic(
     convert::decode_document(value, "default")?.ok_or_else(|| convert::DecodeError::MissingName {
         kind: kind.to_owned(),
     })
+}
+
+/// While the source is stale, checks every few seconds whether the API server answers again.
+async fn recovery_probe(
+    client: Client,
+    namespace: Option<String>,
+    version: RegistrationVersion,
+    health: Health,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stale = health
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .error
+            .is_some();
+        if stale
+            && discover_registration_version(&client, namespace.as_deref())
+                .await
+                .ok()
+                == Some(version)
+        {
+            health.healthy().await;
+        }
+    }
 }
 
 /// Forwards one watcher's events, buffering a (re-)list into one `Reset`.

@@ -4,24 +4,24 @@
 #
 #  NEEDS Docker, kind, kubectl, openssl and jq. It cannot run where there is no Docker
 #  daemon (e.g. the project's build sandbox); CI runs it (.github/workflows/kind-e2e.yaml).
-#
-#  STILL BEING BUILT: this test exercises the Kubernetes source (`trust-sds serve --kube`)
-#  and the status writer (Ready conditions written to MCPServerRegistrations and
-#  MCPGatewayExtensions). Both are tracked as an open issue and do not exist yet. Until
-#  they land, the script stops right after building the image, says so, and exits 3.
 # =====================================================================================
 #
 # What it does: builds the image, creates a one-node kind cluster (kind-config.yaml),
 # loads the image with `kind load image-archive`, installs the CRDs and the kustomize base
-# (imagePullPolicy Never, `serve --kube`), makes a PKI with openssl and an HTTPS upstream
-# (nginx answering an MCP initialize), then walks docs/operator-guide.md:
-#   1. labelled CA Secret + MCPServerRegistration -> Ready=True, probe OK;
+# as it is (`serve --kube --leader-elect $(POD_NAMESPACE)` and its RBAC) with one replica
+# and imagePullPolicy Never, makes a PKI with openssl and an HTTPS upstream (nginx
+# answering an MCP initialize), then walks docs/operator-guide.md:
+#   0. the pod holds the Lease, and its ServiceAccount can do what the code needs and
+#      nothing more (kubectl auth can-i);
+#   1. labelled CA Secret + MCPServerRegistration -> Ready=True (kubectl wait), written by
+#      server-side apply on the status subresource with field manager trust-sds; probe OK;
 #   2. every failure message by editing the Secret (wrong key, oversized, garbage, private
 #      key, leaf certificate) with fail static; unlabel and delete withdraw;
 #   3. CA rotation: the upstream moves to a new CA, the Secret gets old+new, then new only;
 #      `trust-sds probe --watch` must succeed again within ROTATION_BUDGET_SECONDS of each
-#      edit; the old CA is then refused;
-#   4. the gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef).
+#      edit; lastTransitionTime stays while Ready stays True; the old CA is then refused;
+#   4. the gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef);
+#   5. two replicas: deleting the Lease holder hands status writing to the other one.
 #
 # Environment:
 #   CLUSTER_NAME             kind cluster name                        (trust-sds-e2e)
@@ -84,6 +84,28 @@ served_version() {
   local bundles
   bundles="$(admin_get /bundles)"
   jq -r --arg n "$1" '.[] | select(.name == $n) | .version' <<<"$bundles"
+}
+
+# The holder of the status writer's Lease (a pod name), or nothing.
+lease_holder() {
+  k -n "$SYSTEM_NS" get lease trust-sds-status-writer -o 'jsonpath={.spec.holderIdentity}' 2>/dev/null || true
+}
+
+# The lastTransitionTime of the Ready condition of <kind>/<name> in $NS.
+ready_since() {
+  k -n "$NS" get "$1" "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastTransitionTime}'
+}
+
+# can_i WANT NAMESPACE VERB RESOURCE [FLAGS...]: asks the API server whether trust-sds's
+# ServiceAccount may do VERB on RESOURCE (TYPE or TYPE/NAME) in NAMESPACE; WANT is yes or
+# no. FLAGS go to `kubectl auth can-i`, e.g. --subresource=status.
+can_i() {
+  local want=$1 ns=$2 verb=$3 resource=$4 have
+  shift 4
+  have="$(k auth can-i "$verb" "$resource" "$@" -n "$ns" \
+    --as="system:serviceaccount:$SYSTEM_NS:trust-sds" 2>/dev/null || true)"
+  [[ $have == "$want" ]] ||
+    fail "RBAC: can-i $verb $resource $* -n $ns: want $want, have ${have:-<nothing>}"
 }
 
 # "<status>\t<reason>\t<message>" of the Ready condition of <kind>/<name> in $NS.
@@ -208,7 +230,9 @@ diagnostics() {
   k get pods -A -o wide >"$ARTIFACTS_DIR/pods.txt" 2>&1 || true
   k -n "$SYSTEM_NS" logs deployment/trust-sds --all-containers >"$ARTIFACTS_DIR/trust-sds.log" 2>&1 || true
   k -n "$NS" logs probe-watch >"$ARTIFACTS_DIR/probe-watch.log" 2>&1 || true
-  k get mcpserverregistrations,mcpgatewayextensions -A -o yaml >"$ARTIFACTS_DIR/mcp-objects.yaml" 2>&1 || true
+  k get mcpserverregistrations,mcpgatewayextensions -A -o yaml --show-managed-fields >"$ARTIFACTS_DIR/mcp-objects.yaml" 2>&1 || true
+  k -n "$SYSTEM_NS" get lease trust-sds-status-writer -o yaml >"$ARTIFACTS_DIR/lease.yaml" 2>&1 || true
+  k -n "$SYSTEM_NS" logs deployment/trust-sds --previous >"$ARTIFACTS_DIR/trust-sds-previous.log" 2>&1 || true
   local view
   for view in statuses bundles clients; do
     admin_get "/$view" >"$ARTIFACTS_DIR/$view.json" 2>&1 || true
@@ -219,13 +243,13 @@ diagnostics() {
 
 on_exit() {
   local rc=$?
-  if ((rc != 0 && rc != 3)) && ((CLUSTER_CREATED)); then
+  if ((rc != 0)) && ((CLUSTER_CREATED)); then
     diagnostics
   fi
   if ((CLUSTER_CREATED)) && [[ ${KEEP_CLUSTER:-0} != 1 && ${REUSE_CLUSTER:-0} != 1 ]]; then
     kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
   fi
-  if ((CLUSTER_CREATED)) && [[ $ARTIFACTS_DIR == "$WORK"/* && $rc != 0 && $rc != 3 ]]; then
+  if ((CLUSTER_CREATED)) && [[ $ARTIFACTS_DIR == "$WORK"/* && $rc != 0 ]]; then
     printf 'keeping %s for the diagnostics\n' "$WORK" >&2
   else
     rm -rf "$WORK"
@@ -240,20 +264,6 @@ need docker kind kubectl openssl jq awk date realpath
 
 log "building $IMAGE"
 DOCKER_BUILDKIT=1 docker build -t "$IMAGE" "$REPO"
-
-serve_help="$(docker run --rm "$IMAGE" serve --help 2>&1 || true)"
-if [[ $serve_help != *--kube* ]]; then
-  cat >&2 <<EOF
-
-SKIPPED: $IMAGE has no \`trust-sds serve --kube\`.
-
-This end-to-end test exercises the Kubernetes source and the status writer (Ready
-conditions on MCPServerRegistrations and MCPGatewayExtensions). They are still being built
-and tracked as an open issue. Until they land there is nothing here to test; the manifests
-source, SDS, the client library and a real Envoy are covered by \`./scripts/test.sh\`.
-EOF
-  exit 3
-fi
 
 # ---------------------------------------------------------------------------- cluster
 
@@ -285,7 +295,7 @@ k wait --for=condition=Established --timeout=60s \
   crd/mcpgatewayextensions.mcp.kuadrant.io \
   crd/httproutes.gateway.networking.k8s.io >/dev/null
 
-log "trust-sds (deploy/kustomize, --kube, imagePullPolicy Never)"
+log "trust-sds (deploy/kustomize: serve --kube --leader-elect, imagePullPolicy Never)"
 k create namespace "$SYSTEM_NS" >/dev/null
 overlay="$WORK/overlay"
 mkdir -p "$overlay"
@@ -305,7 +315,13 @@ patches:
     - op: replace
       path: /subjects/0/namespace
       value: $SYSTEM_NS
-# One replica: the admin API seen through the Service is then the one that serves the probes.
+- target: { kind: RoleBinding, name: trust-sds-leader-election }
+  patch: |-
+    - op: replace
+      path: /subjects/0/namespace
+      value: $SYSTEM_NS
+# One replica until step 5: the admin API seen through the Service is then the one that
+# serves the probes. The args and env are the base's own.
 - target: { kind: Deployment, name: trust-sds }
   patch: |-
     - op: replace
@@ -314,9 +330,6 @@ patches:
     - op: add
       path: /spec/template/spec/containers/0/imagePullPolicy
       value: Never
-    - op: replace
-      path: /spec/template/spec/containers/0/args
-      value: [serve, --kube, --listen, "0.0.0.0:18000", --admin-listen, "0.0.0.0:18001"]
 EOF
 # The base lists ../crds.yaml, outside its directory: hence the load restrictor.
 k kustomize --load-restrictor LoadRestrictionsNone "$overlay" | k apply --server-side -f - >/dev/null
@@ -327,6 +340,33 @@ until readyz="$(admin_get /readyz 2>/dev/null)"; do
   sleep 1
 done
 step "readyz: $readyz"
+[[ $readyz == ready* ]] || fail "trust-sds is not ready: $readyz"
+
+log "0. leader election and RBAC"
+pod="$(k -n "$SYSTEM_NS" get pods -l app.kubernetes.io/name=trust-sds -o 'jsonpath={.items[0].metadata.name}')"
+deadline=$(($(date +%s) + 30))
+until [[ $(lease_holder) == "$pod" ]]; do
+  (($(date +%s) < deadline)) ||
+    fail "Lease $SYSTEM_NS/trust-sds-status-writer: want holder $pod, have \"$(lease_holder)\""
+  sleep 1
+done
+step "Lease $SYSTEM_NS/trust-sds-status-writer held by $pod (POD_NAME from the downward API)"
+can_i yes "$NS" list secrets
+can_i yes "$NS" watch secrets
+can_i no "$NS" get secrets
+can_i no "$NS" update secrets
+can_i yes "$NS" list mcpserverregistrations.mcp.kuadrant.io
+can_i yes "$NS" watch mcpgatewayextensions.mcp.kuadrant.io
+can_i no "$NS" patch mcpserverregistrations.mcp.kuadrant.io
+can_i yes "$NS" patch mcpserverregistrations.mcp.kuadrant.io --subresource=status
+can_i yes "$NS" patch mcpgatewayextensions.mcp.kuadrant.io --subresource=status
+can_i no "$NS" update mcpserverregistrations.mcp.kuadrant.io --subresource=status
+can_i yes "$SYSTEM_NS" create leases.coordination.k8s.io
+can_i yes "$SYSTEM_NS" update leases.coordination.k8s.io/trust-sds-status-writer
+can_i no "$SYSTEM_NS" update leases.coordination.k8s.io/another-lease
+can_i no "$NS" create leases.coordination.k8s.io
+can_i no "$NS" create events
+step "the ServiceAccount can do what the code does, and no more"
 
 # ---------------------------------------------------------------------------- PKI
 
@@ -470,6 +510,11 @@ k -n "$NS" wait --for=condition=Ready mcpserverregistration/weather --timeout="$
 k -n "$NS" get mcpsr
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
+managers="$(k -n "$NS" get mcpserverregistration weather --show-managed-fields \
+  -o 'jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource}{"\n"}{end}')"
+grep -qx 'trust-sds/Apply/status' <<<"$managers" ||
+  fail "Ready must be written by server-side apply on status, field manager trust-sds; managers: $managers"
+step "written by field manager trust-sds (Apply on the status subresource)"
 V_A="$(version_in "$LAST_MESSAGE")"
 [[ -n $V_A && $(served_version "$NS/weather") == "$V_A" ]] ||
   fail "served version of $NS/weather is not $V_A"
@@ -551,6 +596,7 @@ put_ca_secret weather-ca ca.crt "$PKI/ca-ab.crt" true
 wait_watch_recovers "$from" "$t0" "A+B served"
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 2 certificate(s) served as $NS/weather (version " prefix
+since="$(ready_since mcpserverregistration weather)"
 
 from=$(watch_log | wc -l)
 t0=$(now_ms)
@@ -559,6 +605,8 @@ wait_watch_recovers "$from" "$t0" "B only served"
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
 [[ $(version_in "$LAST_MESSAGE") != "$V_A" ]] || fail "B must have another version than A"
+[[ $(ready_since mcpserverregistration weather) == "$since" ]] ||
+  fail "lastTransitionTime must stay $since while Ready stays True"
 probe_once rotated || fail "the rotated trust must be used by new connections"
 
 set_upstream_leaf leaf-a
@@ -581,7 +629,9 @@ EOF
 expect_ready mcpgatewayextension mcp-gateway True Valid \
   "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$NS/mcp-gateway and added to every bundle of this gateway (version " prefix
 [[ -n $(served_version "gateway/$NS/mcp-gateway") ]] || fail "gateway/$NS/mcp-gateway must be served"
-# The route's parentRef names the Gateway the extension targets: the base is added.
+# The base is added. HTTPRoutes are not watched yet in --kube mode, so the extension applies
+# to the registrations in its own namespace; the route's parentRef names the same Gateway,
+# so the result will not change once routes are watched.
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 1 certificate(s) with 1 from the gateway bundle served as $NS/weather (version " prefix
 probe_once with-gateway-bundle || fail "adding the gateway bundle must keep the upstream trusted"
@@ -599,5 +649,31 @@ expect_ready mcpgatewayextension mcp-gateway False CABundleTooLarge \
   "CA bundle data in secret gateway-ca exceeds maximum size (262144 bytes)"
 
 probe_once final || fail "the upstream must still be trusted at the end"
+
+# ---------------------------------------------------------------------------- 5. replicas
+
+log "5. two replicas: only the Lease holder writes status, and another one takes over"
+k -n "$SYSTEM_NS" scale deployment/trust-sds --replicas=2 >/dev/null
+k -n "$SYSTEM_NS" rollout status deployment/trust-sds --timeout=180s >/dev/null
+old="$(lease_holder)"
+[[ -n $old ]] || fail "the Lease has no holder"
+step "holder: $old"
+k -n "$SYSTEM_NS" delete pod "$old" --wait=false >/dev/null
+# The Lease is not released on shutdown: another replica takes it once it has not been
+# renewed for 15 s.
+deadline=$(($(date +%s) + 60))
+while :; do
+  holder="$(lease_holder)"
+  if [[ -n $holder && $holder != "$old" ]] && k -n "$SYSTEM_NS" get pod "$holder" >/dev/null 2>&1; then
+    break
+  fi
+  (($(date +%s) < deadline)) || fail "no replica took the Lease over from $old (holder: \"$holder\")"
+  sleep 1
+done
+step "new holder: $holder"
+put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
+expect_ready mcpgatewayextension mcp-gateway True Valid \
+  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$NS/mcp-gateway and added to every bundle of this gateway (version " prefix
+step "the new holder writes status"
 
 log "PASS: kind end-to-end"
