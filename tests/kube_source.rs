@@ -552,3 +552,37 @@ async fn gateway_bundle_follows_http_route_parents() {
     .await;
     let _ = c;
 }
+
+#[tokio::test]
+async fn one_namespace_only() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    seed_weather(&fake, "A");
+    fake.apply(registration("other", "news", "news-ca", None));
+    fake.apply(secret(
+        "other",
+        "news-ca",
+        true,
+        &[("ca.crt", &Ca::root("N").pem())],
+    ));
+    let running = server::start_kube(
+        ServeConfig::default(),
+        fake.client(),
+        Some("team".into()),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("team served", || serves(&running, "team/weather")).await;
+    assert!(
+        !serves(&running, "other/news"),
+        "other namespaces are not watched"
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.starts_with("LIST"))
+            .all(|r| !r.contains("other"))
+    );
+    eventually("status", || fake.ready(REG, "team", "weather").is_some()).await;
+    assert!(fake.ready(REG, "other", "news").is_none());
+}

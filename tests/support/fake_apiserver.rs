@@ -92,6 +92,7 @@ impl FakeApiServer {
         let app = Router::new()
             .route("/api/v1/{resource}", get(core_list))
             .route("/apis/{group}/{version}/{resource}", get(group_list))
+            .route("/api/v1/namespaces/{ns}/{resource}", get(core_ns_list))
             .route(
                 "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/status",
                 patch(apply_status),
@@ -99,7 +100,7 @@ impl FakeApiServer {
             // Leases (coordination.k8s.io/v1) are the only objects read or written one by one.
             .route(
                 "/apis/{group}/{version}/namespaces/{ns}/{resource}",
-                axum::routing::post(create_lease),
+                get(group_ns_list).post(create_lease),
             )
             .route(
                 "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}",
@@ -332,7 +333,41 @@ async fn core_list(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    list_or_watch(s, resource, "v1".into(), q, headers).await
+    list_or_watch(s, resource, None, "v1".into(), q, headers).await
+}
+
+async fn core_ns_list(
+    State(s): State<AppState>,
+    Path((ns, resource)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    list_or_watch(s, resource, Some(ns), "v1".into(), q, headers).await
+}
+
+async fn group_ns_list(
+    State(s): State<AppState>,
+    Path((group, version, ns, resource)): Path<(String, String, String, String)>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let gateway_api = group == "gateway.networking.k8s.io" && version == "v1";
+    if !gateway_api && (group != "mcp.kuadrant.io" || !s.served.contains(&version)) {
+        return status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    }
+    list_or_watch(
+        s,
+        resource,
+        Some(ns),
+        format!("{group}/{version}"),
+        q,
+        headers,
+    )
+    .await
 }
 
 async fn group_list(
@@ -345,12 +380,13 @@ async fn group_list(
     if !gateway_api && (group != "mcp.kuadrant.io" || !s.served.contains(&version)) {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}))).into_response();
     }
-    list_or_watch(s, resource, format!("{group}/{version}"), q, headers).await
+    list_or_watch(s, resource, None, format!("{group}/{version}"), q, headers).await
 }
 
 async fn list_or_watch(
     s: FakeApiServer,
     resource: String,
+    namespace: Option<String>,
     api_version: String,
     q: ListQuery,
     headers: HeaderMap,
@@ -361,8 +397,9 @@ async fn list_or_watch(
     let meta = metadata_only(&headers);
     let watching = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     s.lock().requests.push(format!(
-        "{} {resource} selector={} meta={meta}",
+        "{} {resource} ns={} selector={} meta={meta}",
         if watching { "WATCH" } else { "LIST" },
+        namespace.as_deref().unwrap_or("*"),
         q.label_selector.clone().unwrap_or_default()
     ));
     if !watching {
@@ -370,7 +407,11 @@ async fn list_or_watch(
         let items: Vec<Value> = store
             .objects
             .iter()
-            .filter(|((r, _, _), o)| *r == resource && selector_matches(&q.label_selector, o))
+            .filter(|((r, ns, _), o)| {
+                *r == resource
+                    && namespace.as_ref().is_none_or(|want| want == ns)
+                    && selector_matches(&q.label_selector, o)
+            })
             .map(|(_, o)| render(o, meta, &api_version))
             .collect();
         let kind = if meta {
