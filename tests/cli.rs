@@ -131,3 +131,57 @@ async fn probe_and_status_against_a_running_server() {
         "{stdout}"
     );
 }
+
+/// The printed bootstrap is accepted by a real Envoy, with and without SAN matching.
+#[test]
+fn envoy_config_prints_a_bootstrap_envoy_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--match-san", "weather.mcp.test", "--delta"][..]] {
+        let out = trust_sds()
+            .args([
+                "envoy-config",
+                "--registration",
+                "mcp-demo/weather",
+                "--upstream",
+                "weather.mcp.svc:443",
+                "--bootstrap",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("name: mcp-demo/weather"));
+        let path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let validate = Command::new(support::envoy::envoy_binary())
+            .args([
+                "--mode",
+                "validate",
+                "--use-dynamic-base-id",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            validate.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&validate.stderr)
+        );
+    }
+    let bad = trust_sds()
+        .args(["envoy-config", "--registration", "weather"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--registration must be <namespace>/<name>")
+    );
+}

@@ -160,3 +160,30 @@ async fn envoy_ads() {
 async fn envoy_unix_socket() {
     rotation_through_envoy("sds-uds.yaml", true).await;
 }
+
+#[tokio::test]
+async fn envoy_combined_validation_adds_san_matching_on_top() {
+    rotation_through_envoy("sds-combined.yaml", false).await;
+    // And the SAN match really narrows trust: a CA-valid certificate for another name fails.
+    let server = TestServer::start_with(ServeConfig::default()).await;
+    let ca = Ca::root("CA A");
+    server
+        .apply(vec![
+            registration("mcp-demo", "weather", "weather-ca"),
+            ca_secret("mcp-demo", "weather-ca", &ca.pem()),
+        ])
+        .await;
+    let upstream = Upstream::start(&ca.leaf("weather.mcp.test"), &[]).await;
+    let ports = Ports {
+        sds: server.running.sds_addr.port(),
+        upstream: upstream.addr.port(),
+    };
+    let envoy = Envoy::start("sds-combined.yaml", &ports, None).await;
+    assert_eq!(envoy.proxy_get().await, 200);
+    upstream.set_certificate(&ca.leaf("other.mcp.test"), &[]);
+    assert_eq!(
+        envoy.proxy_get().await,
+        503,
+        "trusted CA, wrong SAN: refused"
+    );
+}

@@ -1,6 +1,7 @@
 //! The `trust-sds` command line.
 
 mod check;
+mod envoy_config;
 mod probe;
 mod status;
 
@@ -46,6 +47,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types.
     Crd,
+    /// Print Envoy clusters (or a bootstrap) that verify an upstream with a served bundle.
+    EnvoyConfig(envoy_config::EnvoyConfigArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +130,7 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(probe::run(args))
         }
+        Command::EnvoyConfig(args) => envoy_config::run(&args),
         Command::Crd => {
             print!("{}", crate::crd::crds_yaml()?);
             Ok(std::process::ExitCode::SUCCESS)

@@ -20,7 +20,8 @@
 #   3. CA rotation: the upstream moves to a new CA, the Secret gets old+new, then new only;
 #      `trust-sds probe --watch` must succeed again within ROTATION_BUDGET_SECONDS of each
 #      edit; lastTransitionTime stays while Ready stays True; the old CA is then refused;
-#   4. the gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef);
+#   4. the gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef) of an extension
+#      in another namespace, reached through the HTTPRoute's parentRef, and route edits;
 #   5. two replicas: deleting the Lease holder hands status writing to the other one.
 #
 # Environment:
@@ -47,6 +48,7 @@ STATUS_TIMEOUT_SECONDS="${STATUS_TIMEOUT_SECONDS:-30}"
 
 SYSTEM_NS=trust-sds          # where trust-sds runs
 NS=mcp-test                  # where the upstream, its Secrets and registration live
+GW_NS=mcp-system             # where the MCPGatewayExtension and its bundle live
 LABEL=mcp.kuadrant.io/secret
 UPSTREAM_HOST="weather.$NS.svc"
 UPSTREAM_URL="https://$UPSTREAM_HOST:8443/mcp"
@@ -91,9 +93,18 @@ lease_holder() {
   k -n "$SYSTEM_NS" get lease trust-sds-status-writer -o 'jsonpath={.spec.holderIdentity}' 2>/dev/null || true
 }
 
-# The lastTransitionTime of the Ready condition of <kind>/<name> in $NS.
+# The namespace of the objects the helpers below read and write: $NS, or $GW_NS inside
+# `in_gw_ns`.
+obj_ns() { printf '%s' "${OBJ_NS:-$NS}"; }
+# in_gw_ns CMD...: runs a helper on the objects in $GW_NS.
+in_gw_ns() {
+  local OBJ_NS=$GW_NS
+  "$@"
+}
+
+# The lastTransitionTime of the Ready condition of <kind>/<name>.
 ready_since() {
-  k -n "$NS" get "$1" "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastTransitionTime}'
+  k -n "$(obj_ns)" get "$1" "$2" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastTransitionTime}'
 }
 
 # can_i WANT NAMESPACE VERB RESOURCE [FLAGS...]: asks the API server whether trust-sds's
@@ -108,9 +119,9 @@ can_i() {
     fail "RBAC: can-i $verb $resource $* -n $ns: want $want, have ${have:-<nothing>}"
 }
 
-# "<status>\t<reason>\t<message>" of the Ready condition of <kind>/<name> in $NS.
+# "<status>\t<reason>\t<message>" of the Ready condition of <kind>/<name>.
 ready_condition() {
-  k -n "$NS" get "$1" "$2" \
+  k -n "$(obj_ns)" get "$1" "$2" \
     -o 'jsonpath={range .status.conditions[?(@.type=="Ready")]}{.status}{"\t"}{.reason}{"\t"}{.message}{end}' \
     2>/dev/null || true
 }
@@ -140,15 +151,15 @@ expect_ready() {
 # The version quoted in a status message: "... (version 0123456789abcdef) ...".
 version_in() { sed -n 's/.*(version \([0-9a-f]\{16\}\)).*/\1/p' <<<"$1"; }
 
-# put_ca_secret NAME KEY FILE LABELLED(true|false): create or replace a Secret in $NS
+# put_ca_secret NAME KEY FILE LABELLED(true|false): create or replace a Secret
 # holding FILE under KEY (replace, not apply: a removed key or label must go away).
 put_ca_secret() {
   local doc
-  doc="$(k -n "$NS" create secret generic "$1" --from-file="$2=$3" --dry-run=client -o json)"
+  doc="$(k -n "$(obj_ns)" create secret generic "$1" --from-file="$2=$3" --dry-run=client -o json)"
   if [[ $4 == true ]]; then
     doc="$(jq --arg l "$LABEL" '.metadata.labels[$l] = "true"' <<<"$doc")"
   fi
-  if k -n "$NS" get secret "$1" >/dev/null 2>&1; then
+  if k -n "$(obj_ns)" get secret "$1" >/dev/null 2>&1; then
     k replace -f - <<<"$doc" >/dev/null
   else
     k create -f - <<<"$doc" >/dev/null
@@ -357,6 +368,8 @@ can_i no "$NS" get secrets
 can_i no "$NS" update secrets
 can_i yes "$NS" list mcpserverregistrations.mcp.kuadrant.io
 can_i yes "$NS" watch mcpgatewayextensions.mcp.kuadrant.io
+can_i yes "$NS" list httproutes.gateway.networking.k8s.io
+can_i yes "$NS" watch httproutes.gateway.networking.k8s.io
 can_i no "$NS" patch mcpserverregistrations.mcp.kuadrant.io
 can_i yes "$NS" patch mcpserverregistrations.mcp.kuadrant.io --subresource=status
 can_i yes "$NS" patch mcpgatewayextensions.mcp.kuadrant.io --subresource=status
@@ -491,7 +504,7 @@ metadata:
   name: weather-route
 spec:
   parentRefs:
-  - { group: gateway.networking.k8s.io, kind: Gateway, name: mcp-gateway }
+  - { group: gateway.networking.k8s.io, kind: Gateway, name: mcp-gateway, namespace: $GW_NS }
   rules:
   - backendRefs:
     - { name: weather, port: 8443 }
@@ -615,9 +628,12 @@ set_upstream_leaf leaf-b
 
 # ---------------------------------------------------------------------------- 4. gateway
 
-log "4. gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef)"
-put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
-k -n "$NS" apply -f - >/dev/null <<EOF
+log "4. gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef), through the HTTPRoute"
+# The extension lives in another namespace than the registration: only the route's
+# parentRef (Gateway $GW_NS/mcp-gateway) ties them, so this needs the HTTPRoute watch.
+k create namespace "$GW_NS" >/dev/null
+in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
+k -n "$GW_NS" apply -f - >/dev/null <<EOF
 apiVersion: mcp.kuadrant.io/v1
 kind: MCPGatewayExtension
 metadata:
@@ -626,26 +642,34 @@ spec:
   targetRef: { group: gateway.networking.k8s.io, kind: Gateway, name: mcp-gateway, sectionName: mcp }
   caCertBundleRef: { name: gateway-ca }
 EOF
-expect_ready mcpgatewayextension mcp-gateway True Valid \
-  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$NS/mcp-gateway and added to every bundle of this gateway (version " prefix
-[[ -n $(served_version "gateway/$NS/mcp-gateway") ]] || fail "gateway/$NS/mcp-gateway must be served"
-# The base is added. HTTPRoutes are not watched yet in --kube mode, so the extension applies
-# to the registrations in its own namespace; the route's parentRef names the same Gateway,
-# so the result will not change once routes are watched.
+in_gw_ns expect_ready mcpgatewayextension mcp-gateway True Valid \
+  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$GW_NS/mcp-gateway and added to every bundle of this gateway (version " prefix
+[[ -n $(served_version "gateway/$GW_NS/mcp-gateway") ]] || fail "gateway/$GW_NS/mcp-gateway must be served"
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 1 certificate(s) with 1 from the gateway bundle served as $NS/weather (version " prefix
 probe_once with-gateway-bundle || fail "adding the gateway bundle must keep the upstream trusted"
 
-k -n "$NS" label secret gateway-ca "$LABEL-" >/dev/null
-expect_ready mcpgatewayextension mcp-gateway False CABundleSecretMissingLabel \
+# Route edits are followed live: another parent Gateway drops the base, and back.
+k -n "$NS" patch httproute weather-route --type=json \
+  -p '[{"op": "replace", "path": "/spec/parentRefs/0/name", "value": "another-gateway"}]' >/dev/null
+expect_ready mcpserverregistration weather True Valid \
+  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
+k -n "$NS" patch httproute weather-route --type=json \
+  -p '[{"op": "replace", "path": "/spec/parentRefs/0/name", "value": "mcp-gateway"}]' >/dev/null
+expect_ready mcpserverregistration weather True Valid \
+  "CA certificate secret weather-ca is valid: 1 certificate(s) with 1 from the gateway bundle served as $NS/weather (version " prefix
+step "the HTTPRoute's parentRefs decide gateway membership"
+
+k -n "$GW_NS" label secret gateway-ca "$LABEL-" >/dev/null
+in_gw_ns expect_ready mcpgatewayextension mcp-gateway False CABundleSecretMissingLabel \
   "CA bundle secret gateway-ca is missing required label mcp.kuadrant.io/secret=true"
-[[ -z $(served_version "gateway/$NS/mcp-gateway") ]] || fail "the unlabelled gateway bundle must be withdrawn"
+[[ -z $(served_version "gateway/$GW_NS/mcp-gateway") ]] || fail "the unlabelled gateway bundle must be withdrawn"
 expect_ready mcpserverregistration weather True Valid \
   "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
 step "registrations keep serving their own CA"
 
-put_ca_secret gateway-ca ca.crt "$PKI/huge.pem" true
-expect_ready mcpgatewayextension mcp-gateway False CABundleTooLarge \
+in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/huge.pem" true
+in_gw_ns expect_ready mcpgatewayextension mcp-gateway False CABundleTooLarge \
   "CA bundle data in secret gateway-ca exceeds maximum size (262144 bytes)"
 
 probe_once final || fail "the upstream must still be trusted at the end"
@@ -671,9 +695,9 @@ while :; do
   sleep 1
 done
 step "new holder: $holder"
-put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
-expect_ready mcpgatewayextension mcp-gateway True Valid \
-  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$NS/mcp-gateway and added to every bundle of this gateway (version " prefix
+in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
+in_gw_ns expect_ready mcpgatewayextension mcp-gateway True Valid \
+  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$GW_NS/mcp-gateway and added to every bundle of this gateway (version " prefix
 step "the new holder writes status"
 
 log "PASS: kind end-to-end"

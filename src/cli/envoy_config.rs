@@ -1,0 +1,128 @@
+//! `trust-sds envoy-config`: an Envoy cluster snippet (or a whole bootstrap) that verifies an
+//! MCP upstream with the bundle trust-sds serves for a registration.
+
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use crate::model::ObjectKey;
+
+#[derive(clap::Args, Debug)]
+pub struct EnvoyConfigArgs {
+    /// The registration (`<namespace>/<name>`); also the SDS resource name.
+    #[arg(long, value_name = "NS/NAME")]
+    registration: String,
+    /// trust-sds address as Envoy reaches it.
+    #[arg(long, default_value = "127.0.0.1:18000", value_name = "HOST:PORT")]
+    sds_address: String,
+    /// The upstream MCP server.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "HOST:PORT")]
+    upstream: String,
+    /// TLS server name sent to the upstream (default: the upstream host).
+    #[arg(long)]
+    sni: Option<String>,
+    /// Also require this DNS SAN (combined_validation_context on top of the served bundle).
+    #[arg(long, value_name = "DNS_NAME")]
+    match_san: Option<String>,
+    /// Use Delta xDS (DELTA_GRPC) instead of State-of-the-World.
+    #[arg(long)]
+    delta: bool,
+    /// Print a complete bootstrap (node, admin, both clusters) instead of the clusters only.
+    #[arg(long)]
+    bootstrap: bool,
+}
+
+fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid port in {s:?}"))?;
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+fn endpoint(cluster: &str, host: &str, port: u16) -> Value {
+    json!({
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]
+    })
+}
+
+/// The two clusters: trust-sds (HTTP/2) and the upstream verified with the served bundle.
+pub fn clusters(args: &EnvoyConfigArgs) -> anyhow::Result<Value> {
+    let key = ObjectKey::parse(&args.registration)
+        .ok_or_else(|| anyhow::anyhow!("--registration must be <namespace>/<name>"))?;
+    let (sds_host, sds_port) = split_host_port(&args.sds_address)?;
+    let (up_host, up_port) = split_host_port(&args.upstream)?;
+    let discovery = if args.bootstrap || sds_host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let sds_config = json!({
+        "name": key.to_string(),
+        "sds_config": {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": if args.delta { "DELTA_GRPC" } else { "GRPC" },
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "trust_sds"}}]
+            }
+        }
+    });
+    let validation = match &args.match_san {
+        None => json!({"validation_context_sds_secret_config": sds_config}),
+        Some(san) => json!({"combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": san}}]},
+            "validation_context_sds_secret_config": sds_config
+        }}),
+    };
+    let upstream_name = format!("mcp_{}_{}", key.namespace, key.name).replace(['-', '.'], "_");
+    let upstream_discovery = if up_host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    Ok(json!([
+        {
+            "name": "trust_sds",
+            "type": discovery,
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }},
+            "load_assignment": endpoint("trust_sds", &sds_host, sds_port)
+        },
+        {
+            "name": upstream_name,
+            "type": upstream_discovery,
+            "connect_timeout": "1s",
+            "load_assignment": endpoint(&upstream_name, &up_host, up_port),
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": args.sni.clone().unwrap_or(up_host.clone()),
+                "common_tls_context": validation
+            }}
+        }
+    ]))
+}
+
+pub fn run(args: &EnvoyConfigArgs) -> anyhow::Result<ExitCode> {
+    let clusters = clusters(args)?;
+    let out = if args.bootstrap {
+        json!({
+            "node": {"id": "mcp-gateway-envoy", "cluster": "mcp-gateway"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
+            "static_resources": {"clusters": clusters}
+        })
+    } else {
+        json!({"clusters": clusters})
+    };
+    print!(
+        "# Generated by `trust-sds envoy-config`.\n{}",
+        serde_yaml_ng::to_string(&out)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
