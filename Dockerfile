@@ -7,7 +7,11 @@
 #     -v "$PWD/examples/quickstart:/etc/trust-sds/manifests:ro" ghcr.io/trust-sds/trust-sds:dev
 #
 # The default command serves the manifests directory /etc/trust-sds/manifests (empty in the
-# image: mount yours there). The Kubernetes source (`serve --kube`) is still being built.
+# image: mount yours there), so the image runs without a cluster. In Kubernetes,
+# deploy/kustomize and the Helm chart replace it with
+#   serve --kube --leader-elect $(POD_NAMESPACE) --listen 0.0.0.0:18000 --admin-listen 0.0.0.0:18001
+# (in-cluster config; POD_NAME and POD_NAMESPACE from the downward API). Outside a cluster,
+# `serve --kube` uses $KUBECONFIG: mount it and set the variable.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src

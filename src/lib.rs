@@ -21,5 +21,6 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod status_writer;
+pub mod tls;
 pub mod translate;
 pub mod validation;

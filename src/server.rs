@@ -141,8 +141,9 @@ pub async fn start_kube(
     }
     running.is_leader = leader_rx.clone();
     let statuses = running.published.statuses.clone();
+    let health = running.published.health.clone();
     running.background.push(tokio::spawn(async move {
-        status_writer::run(client, writer_config, statuses, leader_rx).await;
+        status_writer::run(client, writer_config, statuses, leader_rx, health).await;
     }));
     Ok(running)
 }

@@ -83,7 +83,13 @@ pub async fn run(
     config: StatusWriterConfig,
     mut statuses: watch::Receiver<Arc<StatusMap>>,
     mut is_leader: watch::Receiver<bool>,
+    mut health: watch::Receiver<Arc<crate::snapshot::SourceHealth>>,
 ) {
+    // Before every watch has listed, a registration may be seen without its Secret: writing
+    // then would flap Ready through a false "not found".
+    if health.wait_for(|h| h.synced).await.is_err() {
+        return;
+    }
     let mut written: BTreeMap<StatusTarget, Written> = BTreeMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {

@@ -78,9 +78,10 @@ struct ServeArgs {
         env = "TRUST_SDS_LEASE_NAMESPACE"
     )]
     leader_elect: Option<String>,
-    /// This replica's identity in the Lease.
-    #[arg(long, env = "POD_NAME", default_value = "trust-sds")]
-    identity: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name). Two
+    /// replicas must never share one.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Namespace for manifests that name none.
     #[arg(long, default_value = "default")]
     default_namespace: String,
@@ -158,9 +159,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "cannot configure a Kubernetes client (in-cluster or kubeconfig): {e}"
                 )
             })?;
+            let identity = args
+                .identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("trust-sds-{}", std::process::id()));
             let lease = args
                 .leader_elect
-                .map(|ns| crate::leader::LeaseConfig::new(ns, args.identity.clone()));
+                .map(|ns| crate::leader::LeaseConfig::new(ns, identity));
             server::start_kube(config, client, args.namespace, lease).await?
         }
     };
