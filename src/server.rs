@@ -29,6 +29,9 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     pub unknown_names: UnknownNamePolicy,
     pub max_names_per_request: usize,
+    /// TLS (mTLS with a client CA) on the TCP listener.
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub authz: Option<Arc<crate::sds::authz::Authz>>,
     pub translate: TranslateConfig,
     /// Largest gRPC message accepted from a client.
     pub max_request_bytes: usize,
@@ -42,6 +45,8 @@ impl Default for ServeConfig {
             admin_addr: ([127, 0, 0, 1], 0).into(),
             unknown_names: UnknownNamePolicy::default(),
             max_names_per_request: SdsOptions::default().max_names_per_request,
+            tls: None,
+            authz: None,
             translate: TranslateConfig::default(),
             max_request_bytes: 1 << 20,
         }
@@ -166,6 +171,7 @@ pub async fn start(
         SdsOptions {
             unknown_names: config.unknown_names,
             max_names_per_request: config.max_names_per_request,
+            authz: config.authz.clone(),
         },
         metrics.clone(),
         clients.clone(),
@@ -204,10 +210,26 @@ pub async fn start(
             }
         }));
     }
+    let tls = config
+        .tls
+        .clone()
+        .map(crate::tls::ReloadingTls::load)
+        .transpose()?;
     let stop = wait_for_stop(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+        let served = match tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(listener), stop)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "SDS server failed");
         }
     }));

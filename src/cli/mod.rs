@@ -104,6 +104,19 @@ struct ServeArgs {
     /// Report certificates that expire within this many days.
     #[arg(long, default_value_t = 30)]
     expiry_warning_days: i64,
+    /// Serve TLS on --listen with this certificate chain (PEM); reloaded when it changes.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (mTLS); identities are their SANs.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// Authorization policy: which client identities may read which namespaces (YAML:
+    /// `clients: [{identity, namespaces}]`). Default: every client may read everything.
+    #[arg(long, value_name = "FILE")]
+    authz: Option<PathBuf>,
     /// Resource names one request may carry; more ends the stream (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 5_000)]
     max_names_per_request: usize,
@@ -146,6 +159,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_listen,
         unknown_names: args.unknown_names,
         max_names_per_request: args.max_names_per_request,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
+        authz: args
+            .authz
+            .map(|p| crate::sds::authz::Authz::load(&p).map(std::sync::Arc::new))
+            .transpose()?,
         translate: TranslateConfig {
             expiry_warning_secs: args.expiry_warning_days * 86_400,
         },

@@ -10,6 +10,8 @@ pub struct ClientInfo {
     pub api: &'static str,
     pub node: String,
     pub peer: String,
+    /// Client certificate SANs (mTLS).
+    pub identities: Vec<String>,
     pub names: Vec<String>,
     pub wildcard: bool,
     pub acked: Option<String>,

@@ -5,6 +5,7 @@
 //! state machine ([`sotw`], [`delta`]) driven by one task that selects over client
 //! requests, snapshot changes and shutdown ([`service`]).
 
+pub mod authz;
 pub mod clients;
 pub mod delta;
 pub mod encode;
@@ -27,11 +28,13 @@ pub enum UnknownNamePolicy {
 }
 
 /// Per-server protocol settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SdsOptions {
     pub unknown_names: UnknownNamePolicy,
     /// A request naming more resources ends its stream with RESOURCE_EXHAUSTED.
     pub max_names_per_request: usize,
+    /// Who may read what; `None` lets every client read everything.
+    pub authz: Option<std::sync::Arc<authz::Authz>>,
 }
 
 impl Default for SdsOptions {
@@ -39,6 +42,7 @@ impl Default for SdsOptions {
         Self {
             unknown_names: UnknownNamePolicy::Hold,
             max_names_per_request: 5_000,
+            authz: None,
         }
     }
 }

@@ -78,14 +78,36 @@ impl SdsServer {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unix".to_owned());
+        let identities = peer_identities(&request);
         let requests = request.into_inner();
         // One slot: a slow client blocks only its own task, which then skips to the newest
         // snapshot instead of queueing stale ones.
         let (tx, rx) = mpsc::channel(1);
         let inner = self.inner.clone();
+        let peer = Peer {
+            address: peer,
+            identities,
+        };
         tokio::spawn(run_stream(inner, api, peer, machine, requests, tx));
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// Who is on the other end of a stream.
+struct Peer {
+    address: String,
+    /// SANs of the mTLS client certificate.
+    identities: Vec<String>,
+}
+
+fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|certs| certs.first().map(|c| crate::cert::identities(c)))
+        .unwrap_or_default()
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -99,6 +121,8 @@ trait Machine: Send + 'static {
     fn node(req: &Self::Req) -> Option<String>;
     /// How many resource names the request carries (for the per-request limit).
     fn name_count(req: &Self::Req) -> usize;
+    /// The names a request asks for, and whether it asks for everything (authorization).
+    fn requested<'a>(&self, req: &'a Self::Req) -> (Vec<&'a str>, bool);
     /// Whether the request may change the subscription the registry shows.
     fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
     fn subscription(&self) -> (Vec<String>, bool);
@@ -123,6 +147,12 @@ impl Machine for SotwStream {
     }
     fn name_count(req: &DiscoveryRequest) -> usize {
         req.resource_names.len()
+    }
+    fn requested<'a>(&self, req: &'a DiscoveryRequest) -> (Vec<&'a str>, bool) {
+        let names: Vec<&str> = req.resource_names.iter().map(String::as_str).collect();
+        let wildcard = names.contains(&"*")
+            || (names.is_empty() && (!self.is_started() || self.is_wildcard()));
+        (names, wildcard)
     }
     fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
         req.resource_names != shown
@@ -156,6 +186,17 @@ impl Machine for DeltaStream {
     }
     fn name_count(req: &DeltaDiscoveryRequest) -> usize {
         req.resource_names_subscribe.len() + req.initial_resource_versions.len()
+    }
+    fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
+        let mut names: Vec<&str> = req
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .collect();
+        names.extend(req.initial_resource_versions.keys().map(String::as_str));
+        let wildcard =
+            names.contains(&"*") || (!self.is_started() && req.resource_names_subscribe.is_empty());
+        (names, wildcard)
     }
     fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
         !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
@@ -214,16 +255,19 @@ impl Drop for StreamGuard<'_> {
 async fn run_stream<M: Machine>(
     inner: Arc<Inner>,
     api: &'static str,
-    peer: String,
+    peer: Peer,
     mut machine: M,
     mut requests: Streaming<M::Req>,
     tx: mpsc::Sender<Result<M::Resp, Status>>,
 ) {
     let metrics = StreamMetrics::new(&inner.metrics, api);
     metrics.streams.inc();
+    let is_unix = peer.address == "unix";
+    let mut identities = peer.identities;
     let (id, entry) = inner.clients.open(ClientInfo {
         api,
-        peer,
+        peer: peer.address,
+        identities: identities.clone(),
         ..ClientInfo::default()
     });
     let _guard = StreamGuard {
@@ -248,7 +292,23 @@ async fn run_stream<M: Machine>(
                 };
                 let names = M::name_count(&request);
                 let limit = inner.options.max_names_per_request;
-                if names > limit {
+                // On the Unix socket the node id is a usable identity: no remote peer can
+                // reach it.
+                if is_unix && let Some(node) = M::node(&request).filter(|n| !n.is_empty()) {
+                    let node = format!("node:{node}");
+                    if !identities.contains(&node) {
+                        identities.push(node);
+                    }
+                }
+                let denied = inner.options.authz.as_ref().and_then(|authz| {
+                    let (requested, wildcard) = machine.requested(&request);
+                    authz.check(&identities, &requested, wildcard).err()
+                });
+                if let Some(why) = denied {
+                    metrics.rejected.inc();
+                    tracing::warn!(api, reason = %why, "subscription refused; stream closed");
+                    Some(Err(Status::permission_denied(why)))
+                } else if names > limit {
                     metrics.rejected.inc();
                     tracing::warn!(api, names, limit, "request names too many resources; stream closed");
                     let status = Status::resource_exhausted(format!(

@@ -49,6 +49,10 @@ impl SotwStream {
         self.names.iter().map(String::as_str)
     }
 
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
     pub fn is_wildcard(&self) -> bool {
         self.wildcard
     }

@@ -98,3 +98,32 @@ pub fn legacy_root_pem(cn: &str) -> String {
 pub fn private_key_pem() -> String {
     KeyPair::generate().expect("key").serialize_pem()
 }
+
+impl Ca {
+    /// A client certificate (clientAuth) whose SANs are `uris` (e.g. SPIFFE IDs) and `dns`.
+    pub fn client_leaf(&self, uris: &[&str], dns: &[&str]) -> Leaf {
+        use rcgen::{ExtendedKeyUsagePurpose, SanType};
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, "client");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().expect("uri")));
+        }
+        for name in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into().expect("dns")));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.is_ca = IsCa::ExplicitNoCa;
+        let cert = params.signed_by(&key, &self.issuer).expect("client");
+        Leaf {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        }
+    }
+}
