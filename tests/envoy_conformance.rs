@@ -21,12 +21,25 @@ const NAME: &str = "mcp-demo/weather";
 
 #[test]
 fn every_envoy_config_validates() {
+    // sds-mtls.yaml names certificate files: give it real ones.
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::root("validate CA");
+    let leaf = ca.client_leaf(&["spiffe://validate"], &[]);
+    std::fs::write(certs.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(certs.path().join("tls.key"), &leaf.key_pem).unwrap();
+    std::fs::write(certs.path().join("ca.crt"), ca.pem()).unwrap();
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if !name.ends_with(".yaml") || name.ends_with("-clusters.yaml") {
             continue;
         }
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "/etc/trust-sds/client/",
+            &format!("{}/", certs.path().display()),
+        );
+        let rendered = certs.path().join(&name);
+        std::fs::write(&rendered, text).unwrap();
         let out = Command::new(envoy_binary())
             .args([
                 "--mode",
@@ -36,7 +49,7 @@ fn every_envoy_config_validates() {
                 "error",
                 "-c",
             ])
-            .arg(&path)
+            .arg(&rendered)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("run envoy");
@@ -53,12 +66,21 @@ fn every_envoy_config_validates() {
 async fn rotation_through_envoy(config: &str, uds: bool) {
     let dir = tempfile::tempdir().unwrap();
     let uds_path = uds.then(|| dir.path().join("sds.sock"));
-    let server = TestServer::start_with(ServeConfig {
+    let serve = ServeConfig {
         uds_path: uds_path.clone(),
         unknown_names: UnknownNamePolicy::Hold,
         ..ServeConfig::default()
-    })
-    .await;
+    };
+    rotation_through_envoy_with(config, serve, uds_path.as_deref(), &[]).await;
+}
+
+async fn rotation_through_envoy_with(
+    config: &str,
+    serve: ServeConfig,
+    uds_path: Option<&Path>,
+    extra: &[(String, String)],
+) {
+    let server = TestServer::start_with(serve).await;
     let (ca_a, ca_b) = (Ca::root("CA A"), Ca::root("CA B"));
     server
         .apply(vec![
@@ -73,7 +95,7 @@ async fn rotation_through_envoy(config: &str, uds: bool) {
         sds: server.running.sds_addr.port(),
         upstream: upstream.addr.port(),
     };
-    let envoy = Envoy::start(config, &ports, uds_path.as_deref()).await;
+    let envoy = Envoy::start_with(config, &ports, uds_path, extra).await;
     let pid = envoy.pid();
     assert_eq!(
         envoy.secret_version(NAME).await.as_deref(),
@@ -186,4 +208,54 @@ async fn envoy_combined_validation_adds_san_matching_on_top() {
         503,
         "trusted CA, wrong SAN: refused"
     );
+}
+
+#[tokio::test]
+async fn envoy_over_mutual_tls_with_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (serving, clients) = (Ca::root("trust-sds serving CA"), Ca::root("SDS client CA"));
+    let server_leaf = serving.leaf("localhost");
+    let envoy_leaf = clients.client_leaf(
+        &["spiffe://cluster.local/ns/mcp-system/sa/mcp-gateway"],
+        &[],
+    );
+    for (file, text) in [
+        ("tls.crt", server_leaf.cert_pem.as_str()),
+        ("tls.key", server_leaf.key_pem.as_str()),
+        ("client-ca.crt", &clients.pem()),
+        ("envoy.crt", envoy_leaf.cert_pem.as_str()),
+        ("envoy.key", envoy_leaf.key_pem.as_str()),
+        ("serving-ca.crt", &serving.pem()),
+    ] {
+        std::fs::write(d.join(file), text).unwrap();
+    }
+    let policy = "clients:\n- identity: spiffe://cluster.local/ns/mcp-system/sa/mcp-gateway\n  namespaces: [mcp-demo]\n";
+    let serve = ServeConfig {
+        tls: Some(trust_sds::tls::TlsFiles {
+            cert: d.join("tls.crt"),
+            key: d.join("tls.key"),
+            client_ca: Some(d.join("client-ca.crt")),
+        }),
+        authz: Some(std::sync::Arc::new(
+            trust_sds::sds::authz::Authz::from_yaml(policy).unwrap(),
+        )),
+        ..ServeConfig::default()
+    };
+    let path = |f: &str| d.join(f).display().to_string();
+    let extra = [
+        (
+            "/etc/trust-sds/client/tls.crt".to_owned(),
+            path("envoy.crt"),
+        ),
+        (
+            "/etc/trust-sds/client/tls.key".to_owned(),
+            path("envoy.key"),
+        ),
+        (
+            "/etc/trust-sds/client/ca.crt".to_owned(),
+            path("serving-ca.crt"),
+        ),
+    ];
+    rotation_through_envoy_with("sds-mtls.yaml", serve, None, &extra).await;
 }

@@ -49,6 +49,16 @@ pub struct Ports {
 impl Envoy {
     /// Renders `envoy/<config>` with test ports and starts Envoy on it.
     pub async fn start(config: &str, ports: &Ports, uds: Option<&Path>) -> Envoy {
+        Self::start_with(config, ports, uds, &[]).await
+    }
+
+    /// As `start`, with extra text replacements (e.g. certificate paths).
+    pub async fn start_with(
+        config: &str,
+        ports: &Ports,
+        uds: Option<&Path>,
+        extra: &[(String, String)],
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let (admin, listener) = (free_port(), free_port());
         let render = |text: String| {
@@ -62,6 +72,9 @@ impl Envoy {
                 .replace("port_value: 10000", &format!("port_value: {listener}"));
             if let Some(uds) = uds {
                 text = text.replace("/run/trust-sds/sds.sock", &uds.display().to_string());
+            }
+            for (from, to) in extra {
+                text = text.replace(from, to);
             }
             text
         };
