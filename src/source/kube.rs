@@ -100,20 +100,29 @@ pub async fn discover_registration_version(
 /// Shared health, published whenever it changes.
 #[derive(Clone)]
 struct Health {
-    state: Arc<Mutex<(SourceHealth, BTreeSet<&'static str>)>>,
+    state: Arc<Mutex<HealthState>>,
     tx: mpsc::Sender<SourceEvent>,
     watchers: usize,
 }
 
+#[derive(Default)]
+struct HealthState {
+    health: SourceHealth,
+    synced: BTreeSet<&'static str>,
+    /// Each failing watcher's last error: the source is stale while any remains.
+    errors: BTreeMap<&'static str, String>,
+}
+
 impl Health {
-    async fn update(&self, f: impl FnOnce(&mut SourceHealth, &mut BTreeSet<&'static str>)) {
+    async fn update(&self, f: impl FnOnce(&mut HealthState)) {
         let health = {
             let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let (health, synced) = &mut *guard;
-            let before = health.clone();
-            f(health, synced);
-            health.synced = synced.len() >= self.watchers;
-            (*health != before).then(|| health.clone())
+            let before = guard.health.clone();
+            f(&mut guard);
+            let errors: Vec<&str> = guard.errors.values().map(String::as_str).collect();
+            guard.health.error = (!errors.is_empty()).then(|| errors.join("; "));
+            guard.health.synced = guard.synced.len() >= self.watchers;
+            (guard.health != before).then(|| guard.health.clone())
         };
         if let Some(h) = health {
             let _ = self.tx.send(SourceEvent::Health(h)).await;
@@ -121,9 +130,9 @@ impl Health {
     }
 
     async fn synced(&self, watcher: &'static str) {
-        self.update(|h, s| {
-            s.insert(watcher);
-            h.error = None;
+        self.update(|s| {
+            s.synced.insert(watcher);
+            s.errors.remove(watcher);
         })
         .await;
     }
@@ -131,11 +140,27 @@ impl Health {
     async fn failed(&self, watcher: &'static str, e: &watcher::Error) {
         tracing::warn!(watcher, error = %e, "watch failed; serving the last snapshot and retrying");
         let message = format!("watch of {watcher} failed ({e}); serving the last snapshot");
-        self.update(|h, _| h.error = Some(message)).await;
+        self.update(|s| {
+            s.errors.insert(watcher, message);
+        })
+        .await;
     }
 
-    async fn healthy(&self) {
-        self.update(|h, _| h.error = None).await;
+    async fn healthy(&self, watcher: &'static str) {
+        self.update(|s| {
+            s.errors.remove(watcher);
+        })
+        .await;
+    }
+
+    fn failing(&self) -> Vec<&'static str> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .errors
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
@@ -156,7 +181,21 @@ impl KubeSource {
             namespace = ns.unwrap_or("<all>"),
             "watching the Kubernetes API"
         );
-        let routes_served = routes_served(&self.client, ns).await;
+        let routes_served = served(&self.client, ns, ROUTE_API, "HTTPRoute", "httproutes").await;
+        let extensions_served = served(
+            &self.client,
+            ns,
+            version.api_version(),
+            "MCPGatewayExtension",
+            "mcpgatewayextensions",
+        )
+        .await;
+        if !extensions_served {
+            tracing::warn!(
+                "MCPGatewayExtension ({}) is not served or not readable: gateway-wide bundles are off; apply deploy/crds.yaml to enable them",
+                version.api_version()
+            );
+        }
         if !routes_served {
             tracing::info!(
                 "HTTPRoutes (gateway.networking.k8s.io/v1) not served: gateway bundles apply by namespace"
@@ -165,7 +204,7 @@ impl KubeSource {
         let health = Health {
             state: Default::default(),
             tx: events.clone(),
-            watchers: if routes_served { 4 } else { 3 },
+            watchers: 2 + usize::from(routes_served) + usize::from(extensions_served),
         };
         let config = watcher::Config::default();
         // Decoded one object at a time from dynamic objects: a malformed object is skipped
@@ -188,23 +227,29 @@ impl KubeSource {
             events.clone(),
             health.clone(),
         );
-        let extensions = forward(
-            watcher(
-                dynamic_api(
-                    &self.client,
-                    ns,
-                    group_version,
-                    "MCPGatewayExtension",
-                    "mcpgatewayextensions",
+        let extensions = async {
+            if !extensions_served {
+                return futures::future::pending().await;
+            }
+            forward(
+                watcher(
+                    dynamic_api(
+                        &self.client,
+                        ns,
+                        group_version,
+                        "MCPGatewayExtension",
+                        "mcpgatewayextensions",
+                    ),
+                    config.clone(),
                 ),
-                config.clone(),
-            ),
-            "MCPGatewayExtension",
-            Kind::Extension,
-            move |o| decode_dynamic(o, group_version, "MCPGatewayExtension"),
-            events.clone(),
-            health.clone(),
-        );
+                "MCPGatewayExtension",
+                Kind::Extension,
+                move |o| decode_dynamic(o, group_version, "MCPGatewayExtension"),
+                events.clone(),
+                health.clone(),
+            )
+            .await
+        };
         let secrets = secrets(
             self.client.clone(),
             self.namespace.clone(),
@@ -250,14 +295,20 @@ impl KubeSource {
 
 const ROUTE_API: &str = "gateway.networking.k8s.io/v1";
 
-/// Whether the cluster serves Gateway API HTTPRoutes (they decide gateway membership).
-async fn routes_served(client: &Client, namespace: Option<&str>) -> bool {
-    let api = dynamic_api(client, namespace, ROUTE_API, "HTTPRoute", "httproutes");
+/// Whether a resource can be listed (served, and allowed by RBAC).
+async fn served(
+    client: &Client,
+    namespace: Option<&str>,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+) -> bool {
+    let api = dynamic_api(client, namespace, api_version, kind, plural);
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(e) if is_not_found(&e) => false,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list HTTPRoutes; gateway bundles apply by namespace");
+            tracing::warn!(kind, error = %e, "cannot list");
             false
         }
     }
@@ -302,7 +353,8 @@ fn decode_dynamic(
     })
 }
 
-/// While the source is stale, checks every few seconds whether the API server answers again.
+/// While a watcher is failing, checks every few seconds whether its resource can be listed
+/// again (a resumed watch is silent when nothing changed, so no event would say so).
 async fn recovery_probe(
     client: Client,
     namespace: Option<String>,
@@ -311,22 +363,46 @@ async fn recovery_probe(
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ns = namespace.as_deref();
+    let one = ListParams::default().limit(1);
     loop {
         tick.tick().await;
-        let stale = health
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .error
-            .is_some();
-        if stale
-            && discover_registration_version(&client, namespace.as_deref())
-                .await
-                .ok()
-                == Some(version)
-        {
-            health.healthy().await;
+        for watcher in health.failing() {
+            let listed = match watcher {
+                "MCPServerRegistration" => {
+                    served(
+                        &client,
+                        ns,
+                        version.api_version(),
+                        "MCPServerRegistration",
+                        "mcpserverregistrations",
+                    )
+                    .await
+                }
+                "MCPGatewayExtension" => {
+                    served(
+                        &client,
+                        ns,
+                        version.api_version(),
+                        "MCPGatewayExtension",
+                        "mcpgatewayextensions",
+                    )
+                    .await
+                }
+                "HTTPRoute" => served(&client, ns, ROUTE_API, "HTTPRoute", "httproutes").await,
+                "Secret (labelled)" => {
+                    let selector = format!("{SECRET_LABEL}=true");
+                    api::<Secret>(&client, ns)
+                        .list_metadata(&one.clone().labels(&selector))
+                        .await
+                        .is_ok()
+                }
+                "Secret (metadata)" => api::<Secret>(&client, ns).list_metadata(&one).await.is_ok(),
+                _ => false,
+            };
+            if listed {
+                health.healthy(watcher).await;
+            }
         }
     }
 }
@@ -382,7 +458,7 @@ async fn forward<K, S>(
             Event::Apply(k) => decode(&k).map(SourceEvent::Apply),
             Event::Delete(k) => Some(SourceEvent::Delete(kind, key_of(k.meta()))),
         };
-        health.healthy().await;
+        health.healthy(watcher_name).await;
         if let Some(out) = out
             && events.send(out).await.is_err()
         {
@@ -433,7 +509,7 @@ async fn secrets(
                 continue;
             }
         };
-        health.healthy().await;
+        health.healthy(name).await;
         for out in state.handle(is_full, event) {
             if events.send(out).await.is_err() {
                 return;
