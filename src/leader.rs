@@ -37,9 +37,15 @@ impl LeaseConfig {
     }
 }
 
-/// Keeps `leader` true exactly while this replica holds the Lease. Runs until `leader`'s
-/// receivers are all gone.
-pub async fn run(client: Client, config: LeaseConfig, leader: watch::Sender<bool>) {
+/// Keeps `leader` true exactly while this replica holds the Lease. Runs until `stop`
+/// turns true (then a held Lease is released, so the next replica takes over at once) or
+/// `leader`'s receivers are all gone.
+pub async fn run(
+    client: Client,
+    config: LeaseConfig,
+    leader: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     loop {
         let held = match try_acquire_or_renew(&api, &config).await {
@@ -56,8 +62,35 @@ pub async fn run(client: Client, config: LeaseConfig, leader: watch::Sender<bool
         if leader.is_closed() {
             return;
         }
-        tokio::time::sleep(config.renew_every).await;
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(config.renew_every) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if leader.send_replace(false)
+                && let Err(e) = release(&api, &config).await
+            {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+            }
+            return;
+        }
     }
+}
+
+/// Gives the Lease up (empty holder), as client-go's ReleaseOnCancel does.
+async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    api.replace(&config.name, &PostParams::default(), &lease)
+        .await
+        .map(|_| ())
 }
 
 fn is_conflict(e: &kube::Error) -> bool {

@@ -138,9 +138,11 @@ pub async fn start_kube(
     match lease {
         Some(lease) => {
             let client = client.clone();
-            running
-                .background
-                .push(tokio::spawn(crate::leader::run(client, lease, leader_tx)));
+            let stop = running.shutdown.subscribe();
+            // Awaited on shutdown (not aborted), so the Lease is released for the next replica.
+            running.tasks.push(tokio::spawn(crate::leader::run(
+                client, lease, leader_tx, stop,
+            )));
         }
         None => drop(leader_tx),
     }

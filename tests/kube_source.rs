@@ -420,8 +420,13 @@ async fn only_the_lease_holder_writes_status() {
         Some("replica-a")
     );
 
-    // A stops renewing: B takes over once the lease expires, then writes what it believes.
+    // A shuts down and releases the lease: B takes over, then writes what it believes.
     a.shutdown().await;
+    let holder = fake.lease_holder("trust-sds-system", "trust-sds-status-writer");
+    assert!(
+        holder.as_deref() != Some("replica-a"),
+        "released on shutdown: {holder:?}"
+    );
     eventually("b leads", || *b.is_leader.borrow()).await;
     assert_eq!(
         fake.lease_holder("trust-sds-system", "trust-sds-status-writer")
