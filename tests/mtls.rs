@@ -211,3 +211,54 @@ async fn serving_certificate_reloads_without_restart() {
     };
     assert!(old, "clients that trust only the old CA no longer connect");
 }
+
+#[tokio::test]
+async fn the_client_library_subscribes_over_mtls() {
+    use trust_sds::client::{ClientOptions, ClientTls, TrustClient};
+    let pki = pki();
+    let server = mtls_server(&pki).await;
+    let broker = pki.client_ca.client_leaf(&[BROKER], &[]);
+    let mut options = ClientOptions::new(
+        format!("https://localhost:{}", server.running.sds_addr.port()),
+        vec!["team/a".into()],
+    );
+    options.tls = Some(ClientTls {
+        server_ca_pem: pki.server_ca.pem().into_bytes(),
+        identity: Some((
+            broker.cert_pem.clone().into_bytes(),
+            broker.key_pem.clone().into_bytes(),
+        )),
+        server_name: None,
+    });
+    let client = TrustClient::start(options).unwrap();
+    client.wait_ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        client.trust("team/a").unwrap().version,
+        server.version("team/a")
+    );
+
+    // The same client without a certificate gets nothing.
+    let mut anonymous = ClientOptions::new(
+        format!("https://localhost:{}", server.running.sds_addr.port()),
+        vec!["team/a".into()],
+    );
+    anonymous.tls = Some(ClientTls {
+        server_ca_pem: pki.server_ca.pem().into_bytes(),
+        identity: None,
+        server_name: None,
+    });
+    let client = TrustClient::start(anonymous).unwrap();
+    let mut events = client.events();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(trust_sds::client::TrustEvent::Disconnected { reason }) = events.recv().await
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the server refuses the anonymous client");
+    assert!(!refused.is_empty());
+    assert!(!client.is_ready());
+}

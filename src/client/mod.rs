@@ -14,5 +14,5 @@ mod subscriber;
 mod verifier;
 
 pub use store::{TrustEvent, TrustState};
-pub use subscriber::{ClientOptions, Protocol, TrustClient};
+pub use subscriber::{ClientOptions, ClientTls, Protocol, TrustClient};
 pub use verifier::LiveVerifier;

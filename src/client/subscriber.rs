@@ -41,6 +41,19 @@ pub struct ClientOptions {
     pub node_id: String,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// TLS to trust-sds (an `https://` endpoint): the CA that issued trust-sds's serving
+    /// certificate, and this client's certificate and key for mTLS, all PEM.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings for reaching trust-sds itself (not the upstreams: those use served trust).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub server_ca_pem: Vec<u8>,
+    /// Client certificate and key (PEM) for mTLS; its SANs are the identity trust-sds sees.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify on trust-sds's certificate (default: the endpoint's host).
+    pub server_name: Option<String>,
 }
 
 impl ClientOptions {
@@ -53,6 +66,7 @@ impl ClientOptions {
             node_id: "trust-sds-client".to_owned(),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -173,10 +187,24 @@ fn fail(reason: impl std::fmt::Display) -> SessionError {
 }
 
 async fn session(options: &ClientOptions, stores: &Stores) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
         .map_err(|e| fail(format!("invalid endpoint {}: {e}", options.endpoint)))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30));
+    if let Some(tls) = &options.tls {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.server_ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| fail(format!("TLS settings: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await
