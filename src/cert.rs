@@ -162,7 +162,9 @@ pub fn identities(der: &[u8]) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(uri.to_string()),
+            // `node:` identities are reserved for Unix-socket clients: a certificate cannot
+            // claim one.
+            GeneralName::URI(uri) if !uri.starts_with("node:") => Some(uri.to_string()),
             GeneralName::DNSName(dns) => Some(dns.to_string()),
             _ => None,
         })

@@ -188,7 +188,9 @@ pub async fn start(
         .add_service(sds.sds_service().max_decoding_message_size(max))
         .add_service(sds.ads_service().max_decoding_message_size(max))
         .add_service(health_service)
-        .add_service(admin::grpc::AdminService::new(published.clone()).into_server());
+        .add_service(
+            admin::grpc::AdminService::new(published.clone(), config.authz.clone()).into_server(),
+        );
 
     let listener = TcpListener::bind(config.sds_addr)
         .await

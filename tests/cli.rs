@@ -136,7 +136,16 @@ async fn probe_and_status_against_a_running_server() {
 #[test]
 fn envoy_config_prints_a_bootstrap_envoy_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    for extra in [&[][..], &["--match-san", "weather.mcp.test", "--delta"][..]] {
+    for extra in [
+        &[][..],
+        &[
+            "--match-san",
+            "weather.mcp.test",
+            "--delta",
+            "--sds-address",
+            "trust-sds.mcp-system.svc:18000",
+        ][..],
+    ] {
         let out = trust_sds()
             .args([
                 "envoy-config",

@@ -88,6 +88,15 @@ async fn connect(
     server: &TestServer,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<SecretDiscoveryServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    Ok(SecretDiscoveryServiceClient::new(
+        channel(server, tls).await?,
+    ))
+}
+
+async fn channel(
+    server: &TestServer,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let addr = server.running.sds_addr;
     let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -101,7 +110,7 @@ async fn connect(
             }
         }))
         .await?;
-    Ok(SecretDiscoveryServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// One SotW request; the first response or the error status.
@@ -179,6 +188,29 @@ async fn identities_limit_what_a_client_may_read() {
     let denied = fetch(&mut c, &["team/a", "other/b"]).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert_eq!(denied.message(), "envoy.team.svc may not read other/b");
+    // FetchSecrets and the admin API honour the policy too.
+    let fetched = c
+        .fetch_secrets(DiscoveryRequest {
+            resource_names: vec!["other/b".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fetched.code(), tonic::Code::PermissionDenied);
+    let mut admin = trust_sds::admin::proto::admin_client::AdminClient::new(
+        channel(&server, client_config(&pki.server_ca, Some(&envoy)))
+            .await
+            .unwrap(),
+    );
+    let listed = admin
+        .list_bundles(trust_sds::admin::proto::ListBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        listed.code(),
+        tonic::Code::PermissionDenied,
+        "the admin API lists every tenant: '*' only"
+    );
     let wildcard = fetch(&mut c, &[]).await.unwrap_err();
     assert_eq!(wildcard.code(), tonic::Code::PermissionDenied);
     assert!(wildcard.message().contains("wildcard"));

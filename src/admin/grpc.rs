@@ -11,11 +11,26 @@ use crate::status::StatusTarget;
 
 pub struct AdminService {
     published: Published,
+    authz: Option<std::sync::Arc<crate::sds::authz::Authz>>,
 }
 
 impl AdminService {
-    pub fn new(published: Published) -> Self {
-        Self { published }
+    /// With an authorization policy, only clients granted every namespace (`'*'`) may use
+    /// the admin API: it lists every tenant's bundles.
+    pub fn new(
+        published: Published,
+        authz: Option<std::sync::Arc<crate::sds::authz::Authz>>,
+    ) -> Self {
+        Self { published, authz }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.authz {
+            Some(authz) => authz
+                .check(&crate::sds::service::peer_identities(request), &[], true)
+                .map_err(|why| Status::permission_denied(format!("admin API: {why}"))),
+            None => Ok(()),
+        }
     }
 
     pub fn into_server(self) -> proto::admin_server::AdminServer<Self> {
@@ -27,8 +42,9 @@ impl AdminService {
 impl Admin for AdminService {
     async fn list_bundles(
         &self,
-        _: Request<ListBundlesRequest>,
+        request: Request<ListBundlesRequest>,
     ) -> Result<Response<ListBundlesResponse>, Status> {
+        self.authorize(&request)?;
         let snapshot = self.published.snapshot.borrow().clone();
         let bundles = snapshot
             .resources
@@ -54,8 +70,9 @@ impl Admin for AdminService {
 
     async fn list_statuses(
         &self,
-        _: Request<ListStatusesRequest>,
+        request: Request<ListStatusesRequest>,
     ) -> Result<Response<ListStatusesResponse>, Status> {
+        self.authorize(&request)?;
         let statuses = self.published.statuses.borrow().clone();
         let health = self.published.health.borrow().clone();
         let statuses = statuses

@@ -55,7 +55,7 @@ pub fn clusters(args: &EnvoyConfigArgs) -> anyhow::Result<Value> {
         .ok_or_else(|| anyhow::anyhow!("--registration must be <namespace>/<name>"))?;
     let (sds_host, sds_port) = split_host_port(&args.sds_address)?;
     let (up_host, up_port) = split_host_port(&args.upstream)?;
-    let discovery = if args.bootstrap || sds_host.parse::<std::net::IpAddr>().is_ok() {
+    let discovery = if sds_host.parse::<std::net::IpAddr>().is_ok() {
         "STATIC"
     } else {
         "STRICT_DNS"

@@ -100,7 +100,7 @@ struct Peer {
     identities: Vec<String>,
 }
 
-fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
+pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     request
         .extensions()
@@ -298,6 +298,7 @@ async fn run_stream<M: Machine>(
                     let node = format!("node:{node}");
                     if !identities.contains(&node) {
                         identities.push(node);
+                        entry.lock().unwrap_or_else(|p| p.into_inner()).identities = identities.clone();
                     }
                 }
                 let denied = inner.options.authz.as_ref().and_then(|authz| {
@@ -429,7 +430,14 @@ impl SecretDiscoveryService for SdsServer {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
+        let identities = peer_identities(&request);
         let req = request.into_inner();
+        if let Some(authz) = &self.inner.options.authz {
+            let names: Vec<&str> = req.resource_names.iter().map(String::as_str).collect();
+            if let Err(why) = authz.check(&identities, &names, names.is_empty()) {
+                return Err(Status::permission_denied(why));
+            }
+        }
         if !super::accepts_type(&req.type_url, true) {
             return Err(Status::invalid_argument(format!(
                 "unsupported type_url {:?}: this server serves {}",

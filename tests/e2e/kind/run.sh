@@ -22,7 +22,12 @@
 #      edit; lastTransitionTime stays while Ready stays True; the old CA is then refused;
 #   4. the gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef) of an extension
 #      in another namespace, reached through the HTTPRoute's parentRef, and route edits;
-#   5. two replicas: deleting the Lease holder hands status writing to the other one.
+#   5. two replicas: deleting the Lease holder hands status writing to the other one;
+#   6. mutual TLS on the SDS port with an authorization policy, through the patch of
+#      deploy/kustomize/README.md: a client certificate from the client CA completes the
+#      handshake (openssl s_client through a port-forward), none or one from another CA
+#      does not, a plaintext probe no longer gets in, and a renewed serving certificate is
+#      picked up without a restart.
 #
 # Environment:
 #   CLUSTER_NAME             kind cluster name                        (trust-sds-e2e)
@@ -58,6 +63,7 @@ WORK="$(mktemp -d)"
 ARTIFACTS_DIR="${ARTIFACTS_DIR:-$WORK/artifacts}"
 PKI="$WORK/pki"
 CLUSTER_CREATED=0
+PORT_FORWARD_PID=""
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -254,6 +260,9 @@ diagnostics() {
 
 on_exit() {
   local rc=$?
+  if [[ -n $PORT_FORWARD_PID ]]; then
+    kill "$PORT_FORWARD_PID" 2>/dev/null || true
+  fi
   if ((rc != 0)) && ((CLUSTER_CREATED)); then
     diagnostics
   fi
@@ -683,8 +692,8 @@ old="$(lease_holder)"
 [[ -n $old ]] || fail "the Lease has no holder"
 step "holder: $old"
 k -n "$SYSTEM_NS" delete pod "$old" --wait=false >/dev/null
-# The Lease is not released on shutdown: another replica takes it once it has not been
-# renewed for 15 s.
+# The deleted holder releases the Lease on SIGTERM: another replica takes it at its next
+# check (every 5 s), or once it has not been renewed for 15 s if the release failed.
 deadline=$(($(date +%s) + 60))
 while :; do
   holder="$(lease_holder)"
@@ -699,5 +708,130 @@ in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
 in_gw_ns expect_ready mcpgatewayextension mcp-gateway True Valid \
   "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$GW_NS/mcp-gateway and added to every bundle of this gateway (version " prefix
 step "the new holder writes status"
+
+# ---------------------------------------------------------------------------- 6. mTLS
+
+log "6. mutual TLS and an authorization policy on the SDS port (deploy/kustomize/README.md patch)"
+SDS_NAME="trust-sds.$SYSTEM_NS.svc"
+BROKER_ID=spiffe://cluster.local/ns/mcp-system/sa/mcp-broker
+cat >>"$PKI/openssl.cnf" <<EOF
+[v3_sds_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = DNS:$SDS_NAME, DNS:$SDS_NAME.cluster.local
+[v3_sds_client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = URI:$BROKER_ID
+EOF
+make_cert() { # NAME CA EXTENSIONS CN
+  openssl req -new -config "$PKI/openssl.cnf" \
+    -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$PKI/$1.key" -out "$PKI/$1.csr" -subj "/CN=$4" 2>/dev/null
+  openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/$2.crt" -CAkey "$PKI/$2.key" -CAcreateserial \
+    -days 30 -extfile "$PKI/openssl.cnf" -extensions "$3" -out "$PKI/$1.crt" 2>/dev/null
+}
+# One CA for both directions, as in docs/operator-guide.md: it signs the serving
+# certificate and is the client CA (the Secret's ca.crt).
+make_ca sds-ca "E2E SDS CA"
+make_cert sds-server sds-ca v3_sds_server "$SDS_NAME"
+make_cert sds-server-renewed sds-ca v3_sds_server "$SDS_NAME"
+make_cert sds-broker sds-ca v3_sds_client mcp-broker
+make_cert sds-stranger ca-b v3_sds_client mcp-broker
+# sds_tls_secret NAME: the kubernetes.io/tls Secret trust-sds-tls from $PKI/NAME.{crt,key}.
+sds_tls_secret() {
+  k -n "$SYSTEM_NS" create secret generic trust-sds-tls --type=kubernetes.io/tls \
+    --from-file=tls.crt="$PKI/$1.crt" --from-file=tls.key="$PKI/$1.key" \
+    --from-file=ca.crt="$PKI/sds-ca.crt" --dry-run=client -o yaml
+}
+sds_tls_secret sds-server | k create -f - >/dev/null
+cat >"$WORK/policy.yaml" <<EOF
+clients:
+- identity: $BROKER_ID
+  namespaces: ["*"]
+- identity: mcp-gateway-envoy.mcp-system.svc
+  namespaces: [mcp-gateway]
+EOF
+k -n "$SYSTEM_NS" create configmap trust-sds-authz --from-file=policy.yaml="$WORK/policy.yaml" >/dev/null
+# The operations of the README's patch (the ConfigMap is created directly here rather than
+# by a configMapGenerator).
+k -n "$SYSTEM_NS" patch deployment trust-sds --type=json -p '[
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--tls-cert=/etc/trust-sds/tls/tls.crt"},
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--tls-key=/etc/trust-sds/tls/tls.key"},
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--tls-client-ca=/etc/trust-sds/tls/ca.crt"},
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--authz=/etc/trust-sds/authz/policy.yaml"},
+  {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts", "value": [
+    {"name": "tls", "mountPath": "/etc/trust-sds/tls", "readOnly": true},
+    {"name": "authz", "mountPath": "/etc/trust-sds/authz", "readOnly": true}]},
+  {"op": "add", "path": "/spec/template/spec/volumes", "value": [
+    {"name": "tls", "secret": {"secretName": "trust-sds-tls"}},
+    {"name": "authz", "configMap": {"name": "trust-sds-authz"}}]}
+]' >/dev/null
+# serve exits at start-up when the certificate, key, client CA or policy cannot be used.
+k -n "$SYSTEM_NS" rollout status deployment/trust-sds --timeout=180s >/dev/null
+step "rolled out with --tls-cert, --tls-key, --tls-client-ca and --authz"
+
+# A port-forward to one running pod of the new ReplicaSet (terminating pods left out).
+pod="$(k -n "$SYSTEM_NS" get pods -l app.kubernetes.io/name=trust-sds -o json |
+  jq -r '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")][0].metadata.name')"
+[[ -n $pod && $pod != null ]] || fail "no running trust-sds pod after the rollout"
+kubectl --context "kind-$CLUSTER_NAME" -n "$SYSTEM_NS" port-forward "pod/$pod" --address 127.0.0.1 :18000 \
+  >"$WORK/port-forward.log" 2>&1 &
+PORT_FORWARD_PID=$!
+deadline=$(($(date +%s) + 30))
+sds_port=""
+until [[ -n $sds_port ]]; do
+  (($(date +%s) < deadline)) || fail "the port-forward to $pod did not start: $(cat "$WORK/port-forward.log")"
+  sleep 0.5
+  sds_port="$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) -> 18000$/\1/p' "$WORK/port-forward.log" 2>/dev/null || true)"
+done
+step "port-forward to $pod: 127.0.0.1:$sds_port"
+
+# sds_handshake [s_client flags...]: a TLS 1.2 handshake with trust-sds that verifies its
+# certificate for $SDS_NAME. TLS 1.2, because there the server checks the client's
+# certificate before the handshake completes: a completed handshake means it was accepted.
+sds_handshake() {
+  openssl s_client -connect "127.0.0.1:$sds_port" -tls1_2 -alpn h2 \
+    -servername "$SDS_NAME" -verify_hostname "$SDS_NAME" -verify_return_error \
+    -CAfile "$PKI/sds-ca.crt" "$@" </dev/null >"$WORK/s_client.log" 2>&1
+}
+sds_handshake -cert "$PKI/sds-broker.crt" -key "$PKI/sds-broker.key" ||
+  fail "a client certificate from the client CA must be accepted: $(cat "$WORK/s_client.log")"
+grep -q '^ALPN protocol: h2$' "$WORK/s_client.log" || fail "trust-sds must negotiate ALPN h2"
+step "client certificate from the client CA: accepted, ALPN h2"
+if sds_handshake; then fail "a client without a certificate must be refused"; fi
+step "no client certificate: refused"
+if sds_handshake -cert "$PKI/sds-stranger.crt" -key "$PKI/sds-stranger.key"; then
+  fail "a client certificate from another CA must be refused"
+fi
+step "client certificate from another CA: refused"
+if probe_once plaintext --timeout 3s; then fail "a plaintext client must not get through the TLS listener"; fi
+step "plaintext probe: refused"
+
+# Renewal: a new serving certificate in the Secret reaches new handshakes without a restart
+# (the kubelet updates the volume, and trust-sds checks the files every 2 s).
+served_fingerprint() {
+  openssl s_client -connect "127.0.0.1:$sds_port" -tls1_2 -servername "$SDS_NAME" \
+    -cert "$PKI/sds-broker.crt" -key "$PKI/sds-broker.key" </dev/null 2>/dev/null |
+    openssl x509 -noout -fingerprint -sha256 2>/dev/null || true
+}
+want="$(openssl x509 -in "$PKI/sds-server-renewed.crt" -noout -fingerprint -sha256)"
+sds_tls_secret sds-server-renewed | k replace -f - >/dev/null
+deadline=$(($(date +%s) + 120))
+until [[ $(served_fingerprint) == "$want" ]]; do
+  (($(date +%s) < deadline)) || fail "the renewed serving certificate was not served within 120 s"
+  sleep 2
+done
+restarts="$(k -n "$SYSTEM_NS" get pod "$pod" -o 'jsonpath={.status.containerStatuses[0].restartCount}')"
+[[ $restarts == 0 ]] || fail "$pod restarted $restarts time(s): the certificate must be reloaded in place"
+sds_handshake -cert "$PKI/sds-broker.crt" -key "$PKI/sds-broker.key" ||
+  fail "after the renewal the client must still be accepted: $(cat "$WORK/s_client.log")"
+step "renewed serving certificate served without a restart"
 
 log "PASS: kind end-to-end"

@@ -17,6 +17,32 @@ app.kubernetes.io/name: trust-sds
 {{- if .Values.namespaces }}
 {{- fail "`namespaces` is gone: trust-sds watches all namespaces, or one (`watchNamespace`)" }}
 {{- end }}
+{{- if and .Values.listener .Values.listener.uds }}
+{{- fail "`listener.uds` is gone: set `uds.enabled: true` (the socket is /run/trust-sds/sds.sock, in the emptyDir volume `sds-socket`)" }}
+{{- end }}
+{{- if and .Values.tls.clientCA (not .Values.tls.enabled) }}
+{{- fail "`tls.clientCA: true` needs `tls.enabled: true`" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "`tls.enabled: true` needs `tls.secretName` (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- if and .Values.authz.policy (not .Values.tls.clientCA) (not .Values.uds.enabled) }}
+{{- fail "`authz.policy` needs client identities: set `tls.clientCA: true` (client certificate SANs) or `uds.enabled: true` (node:<node id> on the Unix socket); otherwise every client is refused" }}
+{{- end }}
+{{- end }}
+
+{{/* The authorization policy file: `authz.policy` as written (a string; a map is rendered as YAML). */}}
+{{- define "trust-sds.authzPolicy" -}}
+{{- if kindIs "string" .Values.authz.policy }}
+{{- .Values.authz.policy }}
+{{- else }}
+{{- toYaml .Values.authz.policy }}
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when the trust-sds container mounts any volume. */}}
+{{- define "trust-sds.hasVolumes" -}}
+{{- if or (eq .Values.source "manifests") .Values.tls.enabled .Values.authz.policy .Values.uds.enabled }}true{{ end }}
 {{- end }}
 
 {{/*
