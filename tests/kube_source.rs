@@ -391,10 +391,7 @@ async fn only_the_lease_holder_writes_status() {
     )
     .await
     .unwrap();
-    eventually("b serves", || {
-        b.published.snapshot.borrow().get("team/weather").is_some()
-    })
-    .await;
+    eventually("b serves", || serves(&b, "team/weather")).await;
 
     // A new registration: both replicas translate it, only the leader writes it.
     let before = fake.status_patches();

@@ -134,7 +134,11 @@ async fn fetch(
         .await
         .expect("answer in time")?
         .expect("a response");
-    Ok(response.resources.iter().map(|a| <envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as prost::Message>::decode(a.value.as_slice()).unwrap().name).collect())
+    Ok(response
+        .resources
+        .iter()
+        .map(support::sds::secret_name)
+        .collect())
 }
 
 fn pki() -> Pki {

@@ -44,15 +44,6 @@ async fn rotate(server: &TestServer, name: &str, cn: &str) {
         .await;
 }
 
-fn decode_name(any: &envoy_types::pb::google::protobuf::Any) -> String {
-    use prost::Message;
-    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
-        any.value.as_slice(),
-    )
-    .unwrap()
-    .name
-}
-
 fn nonce(n: &str) -> u64 {
     n.parse().unwrap()
 }
@@ -106,7 +97,7 @@ async fn sotw_first_response_ack_silence_push_on_change() {
     let pem_of = |r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse| {
         r.resources
             .iter()
-            .map(|a| secret_pem(a, &decode_name(a)))
+            .map(|a| secret_pem(a, &support::sds::secret_name(a)))
             .collect::<Vec<_>>()
     };
     assert!(

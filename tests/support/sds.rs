@@ -127,6 +127,20 @@ impl TestServer {
     }
 }
 
+/// The next message of a response stream, bounded in time.
+pub async fn next_message<T>(rx: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(TIMEOUT, rx.message())
+        .await
+        .expect("response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// The name of the Secret inside a served resource.
+pub fn secret_name(any: &Any) -> String {
+    Secret::decode(any.value.as_slice()).expect("Secret").name
+}
+
 /// The PEM inside a served Secret, checking its shape on the way.
 pub fn secret_pem(any: &Any, expected_name: &str) -> String {
     assert_eq!(any.type_url, SECRET_TYPE_URL);
@@ -214,14 +228,10 @@ impl SotwClient {
 
     /// Receives the next response; checks it names only subscribed names, once each.
     pub async fn recv(&mut self, subscribed: &[&str]) -> DiscoveryResponse {
-        let resp = tokio::time::timeout(TIMEOUT, self.rx.message())
-            .await
-            .expect("response in time")
-            .expect("stream ok")
-            .expect("stream open");
+        let resp = next_message(&mut self.rx).await;
         let mut seen = BTreeSet::new();
         for any in &resp.resources {
-            let name = Secret::decode(any.value.as_slice()).unwrap().name;
+            let name = secret_name(any);
             assert!(
                 subscribed.contains(&name.as_str()),
                 "unrequested name {name}"
@@ -233,11 +243,7 @@ impl SotwClient {
     }
 
     pub fn names(resp: &DiscoveryResponse) -> Vec<String> {
-        let mut v: Vec<String> = resp
-            .resources
-            .iter()
-            .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
-            .collect();
+        let mut v: Vec<String> = resp.resources.iter().map(secret_name).collect();
         v.sort();
         v
     }
@@ -312,11 +318,7 @@ impl DeltaClient {
     }
 
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        let resp = tokio::time::timeout(TIMEOUT, self.rx.message())
-            .await
-            .expect("response in time")
-            .expect("stream ok")
-            .expect("stream open");
+        let resp = next_message(&mut self.rx).await;
         let mut seen = BTreeSet::new();
         for r in &resp.resources {
             assert!(seen.insert(r.name.clone()), "name repeated");
