@@ -24,6 +24,11 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 pub struct Metrics {
     pub streams: Family<ApiLabels, Gauge>,
     pub responses: Family<ApiLabels, Counter>,
@@ -31,6 +36,8 @@ pub struct Metrics {
     pub acks: Family<ApiLabels, Counter>,
     pub nacks: Family<ApiLabels, Counter>,
     pub rejected_requests: Family<ApiLabels, Counter>,
+    /// Streams refused or ended because a client broke a limit.
+    pub limit_rejections: Family<LimitLabels, Counter>,
     /// Seconds from a snapshot's publication to a stream writing its response.
     pub push_latency: Histogram,
     pub snapshots: Counter,
@@ -55,6 +62,7 @@ impl Metrics {
             acks: Family::default(),
             nacks: Family::default(),
             rejected_requests: Family::default(),
+            limit_rejections: Family::default(),
             push_latency: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             snapshots: Counter::default(),
             bundle_expiry: Family::default(),
@@ -88,6 +96,11 @@ impl Metrics {
             m.rejected_requests.clone(),
         );
         registry.register(
+            "sds_limit_rejections",
+            "Streams refused or closed because the client broke a limit, by limit",
+            m.limit_rejections.clone(),
+        );
+        registry.register(
             "sds_push_latency_seconds",
             "Snapshot publication to response written",
             m.push_latency.clone(),
@@ -100,6 +113,15 @@ impl Metrics {
         );
         registry.register("statuses", "Ready conditions by value", m.statuses.clone());
         Self { registry, ..m }
+    }
+
+    /// Counts a stream refused or closed by `limit`.
+    pub fn limit_refused(&self, limit: crate::sds::limits::Limit) {
+        self.limit_rejections
+            .get_or_create(&LimitLabels {
+                limit: limit.label(),
+            })
+            .inc();
     }
 
     /// Renders the OpenMetrics text exposition.

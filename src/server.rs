@@ -35,6 +35,10 @@ pub struct ServeConfig {
     pub translate: TranslateConfig,
     /// Largest gRPC message accepted from a client.
     pub max_request_bytes: usize,
+    /// Open SDS streams per connection and per client.
+    pub stream_limits: crate::sds::limits::StreamLimits,
+    /// Requests per stream that are not replies to responses.
+    pub request_rate: crate::sds::limits::RateLimit,
 }
 
 impl Default for ServeConfig {
@@ -49,6 +53,8 @@ impl Default for ServeConfig {
             authz: None,
             translate: TranslateConfig::default(),
             max_request_bytes: 1 << 20,
+            stream_limits: Default::default(),
+            request_rate: Default::default(),
         }
     }
 }
@@ -174,6 +180,8 @@ pub async fn start(
             unknown_names: config.unknown_names,
             max_names_per_request: config.max_names_per_request,
             authz: config.authz.clone(),
+            streams: config.stream_limits,
+            request_rate: config.request_rate,
         },
         metrics.clone(),
         clients.clone(),
@@ -185,6 +193,9 @@ pub async fn start(
         .await;
     let max = config.max_request_bytes;
     let router = tonic::transport::Server::builder()
+        // A transport backstop above the per-connection stream limit, which is enforced per
+        // SDS stream with a clear error; this one also bounds unary calls (health, fetch).
+        .max_concurrent_streams(transport_stream_cap(config.stream_limits.per_connection))
         .add_service(sds.sds_service().max_decoding_message_size(max))
         .add_service(sds.ads_service().max_decoding_message_size(max))
         .add_service(health_service)
@@ -205,7 +216,7 @@ pub async fn start(
         let _ = std::fs::remove_file(path);
         let uds = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+        let incoming = crate::sds::connection::unix_incoming(uds);
         let router = router.clone();
         let stop = wait_for_stop(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
@@ -260,6 +271,12 @@ pub async fn start(
         tasks,
         background,
     })
+}
+
+/// HTTP/2 streams one connection may have open: the SDS limit plus room for unary calls.
+fn transport_stream_cap(per_connection: usize) -> Option<u32> {
+    (per_connection > 0)
+        .then(|| u32::try_from(per_connection.saturating_add(64)).unwrap_or(u32::MAX))
 }
 
 async fn wait_for_stop(mut rx: watch::Receiver<bool>) {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use trust_sds::pipeline::SourceEvent;
 use trust_sds::sds::SECRET_TYPE_URL;
+use trust_sds::sds::limits::{RateLimit, StreamLimits};
 use trust_sds::server::ServeConfig;
 use trust_sds::snapshot::SourceHealth;
 
@@ -292,4 +293,253 @@ async fn sigterm_drains_a_thousand_streams_and_exits_cleanly() {
             "no further responses after shutdown"
         );
     }
+}
+
+/// A held subscription (the name is not served, so no response and no reply credit).
+fn held(i: usize) -> DiscoveryRequest {
+    DiscoveryRequest {
+        resource_names: vec![format!("team/none-{i}")],
+        type_url: SECRET_TYPE_URL.into(),
+        ..Default::default()
+    }
+}
+
+fn limit_rejections(server: &TestServer, limit: &str) -> String {
+    let wanted = format!("trust_sds_sds_limit_rejections_total{{limit=\"{limit}\"}} ");
+    server
+        .running
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted).map(str::to_owned))
+        .unwrap_or_else(|| "0".to_owned())
+}
+
+#[tokio::test]
+async fn streams_per_connection_and_per_client_are_limited_without_harming_others() {
+    let server = served(ServeConfig {
+        stream_limits: StreamLimits {
+            per_connection: 3,
+            per_client: 5,
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    // Connection one: three streams fit, the fourth is refused.
+    let one = server.sds().await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut c = SotwClient::open_with(one.clone()).await;
+        c.request(&["team/a"]).await;
+        c.recv(&["team/a"]).await;
+        streams.push(c);
+    }
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let refused = one
+        .clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect_err("a fourth stream on one connection");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("already has 3 SDS streams open; at most 3 per connection (--max-streams-per-connection)"),
+        "{}",
+        refused.message()
+    );
+
+    // Connection two, same client (127.0.0.1): two more fit, then the client limit.
+    let two = server.sds().await;
+    for _ in 0..2 {
+        let mut c = SotwClient::open_with(two.clone()).await;
+        c.request(&["team/a"]).await;
+        c.recv(&["team/a"]).await;
+        streams.push(c);
+    }
+    let (_tx2, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let refused = two
+        .clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect_err("a sixth stream of one client");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("client 127.0.0.1 already has 5 SDS streams open; at most 5 per client"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(limit_rejections(&server, "streams_per_connection"), "1");
+    assert_eq!(limit_rejections(&server, "streams_per_client"), "1");
+
+    // Refusals harmed no one: every admitted stream gets the rotation.
+    server
+        .apply(vec![ca_secret("team", "a-ca", &Ca::root("a2").pem())])
+        .await;
+    let version = server.version("team/a");
+    for c in &mut streams {
+        c.ack(&["team/a"]).await;
+        let pushed = c.recv(&["team/a"]).await;
+        assert_eq!(pushed.version_info, version);
+    }
+
+    // A closed stream gives its slot back.
+    drop(streams.remove(0));
+    server
+        .wait_for_client("the closed stream is gone", |_| {
+            server.running.clients.len() == 4
+        })
+        .await;
+    let mut again = SotwClient::open_with(one.clone()).await;
+    again.request(&["team/a"]).await;
+    assert_eq!(again.recv(&["team/a"]).await.version_info, version);
+}
+
+#[tokio::test]
+async fn request_flood_ends_only_that_stream_and_replies_to_pushes_are_free() {
+    let server = served(ServeConfig {
+        request_rate: RateLimit {
+            per_second: 5,
+            burst: 5,
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let sds = server.sds().await;
+    let mut good = SotwClient::open_with(sds.clone()).await;
+    good.request(&["team/a"]).await;
+    good.recv(&["team/a"]).await;
+
+    // A flooder on the same connection: subscription changes with no response to reply to.
+    let (tx, rx) = mpsc::channel(64);
+    let mut flood = sds
+        .clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..50 {
+        if tx.send(held(i)).await.is_err() {
+            break;
+        }
+    }
+    let err = tokio::time::timeout(support::sds::TIMEOUT, flood.message())
+        .await
+        .expect("the flooding stream ends")
+        .expect_err("ended with a status");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("more than 5 requests per second (burst 5)")
+            && err.message().contains("--max-request-rate"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(limit_rejections(&server, "request_rate"), "1");
+
+    // A rotation storm: 40 pushes, each ACKed at once, far above 5 per second. ACKs are
+    // replies to responses, so the good stream is never cut off and ends on the newest.
+    for i in 0..40 {
+        server
+            .apply(vec![ca_secret(
+                "team",
+                "a-ca",
+                &Ca::root(&format!("storm-{i}")).pem(),
+            )])
+            .await;
+        let pushed = good.recv(&["team/a"]).await;
+        assert_eq!(pushed.version_info, server.version("team/a"));
+        good.ack(&["team/a"]).await;
+    }
+    assert_eq!(limit_rejections(&server, "request_rate"), "1");
+}
+
+#[tokio::test]
+async fn oversized_request_ends_its_stream_with_a_clear_error() {
+    let server = served(ServeConfig {
+        max_request_bytes: 4096,
+        ..ServeConfig::default()
+    })
+    .await;
+    let sds = server.sds().await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        resource_names: (0..100).map(|i| format!("team/{i:0>100}")).collect(),
+        type_url: SECRET_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut big = sds
+        .clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(support::sds::TIMEOUT, big.message())
+        .await
+        .expect("the stream ends")
+        .expect_err("ended with a status");
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    assert!(
+        err.message().contains("the limit is: 4096 bytes")
+            && err.message().contains("--max-request-bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(limit_rejections(&server, "message_size"), "1");
+    // The connection and the server are fine.
+    let mut polite = SotwClient::open_with(sds).await;
+    polite.request(&["team/a"]).await;
+    polite.recv(&["team/a"]).await;
+}
+
+/// Unix-socket connections have no peer address; each still counts as its own connection.
+#[tokio::test]
+async fn unix_socket_connections_are_counted_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sds.sock");
+    let _server = served(ServeConfig {
+        uds_path: Some(path.clone()),
+        stream_limits: StreamLimits {
+            per_connection: 1,
+            per_client: 0,
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let connect = || {
+        let path = path.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let unix = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(unix))
+                    }
+                }))
+                .await
+                .unwrap();
+            SecretDiscoveryServiceClient::new(channel)
+        }
+    };
+    let first = connect().await;
+    let mut a = SotwClient::open_with(first.clone()).await;
+    a.request(&["team/a"]).await;
+    a.recv(&["team/a"]).await;
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let refused = first
+        .clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect_err("a second stream on the same Unix connection");
+    assert!(
+        refused.message().contains("connection unix#"),
+        "{}",
+        refused.message()
+    );
+    let mut b = SotwClient::open_with(connect().await).await;
+    b.request(&["team/a"]).await;
+    b.recv(&["team/a"]).await;
 }

@@ -37,7 +37,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve trust bundles over SDS (gRPC) with an admin HTTP endpoint.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate Secret manifests or PEM files offline, with the same messages as the server.
     Check(check::CheckArgs),
     /// Show the Ready conditions and served bundles of a running server.
@@ -120,6 +120,21 @@ struct ServeArgs {
     /// Resource names one request may carry; more ends the stream (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 5_000)]
     max_names_per_request: usize,
+    /// SDS streams one connection may hold open (0: no limit). Envoy opens one stream per
+    /// secret name, all on one connection.
+    #[arg(long, default_value_t = 10_000)]
+    max_streams_per_connection: usize,
+    /// SDS streams one client may hold open over all its connections (0: no limit). A client
+    /// is its certificate identity (mTLS), else its IP address (or process on the Unix socket).
+    #[arg(long, default_value_t = 20_000)]
+    max_streams_per_client: usize,
+    /// Requests per second a stream may send besides its replies (ACK/NACK) to responses
+    /// (0: no limit); bursts of twice this are allowed. More ends the stream.
+    #[arg(long, default_value_t = 100)]
+    max_request_rate: u32,
+    /// Largest request message accepted, in bytes; a larger one ends its stream.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_request_bytes: usize,
 }
 
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
@@ -130,7 +145,7 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(serve(args))?;
+            rt.block_on(serve(*args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Check(args) => check::run(&args),
@@ -159,6 +174,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_listen,
         unknown_names: args.unknown_names,
         max_names_per_request: args.max_names_per_request,
+        max_request_bytes: args.max_request_bytes,
+        stream_limits: crate::sds::limits::StreamLimits {
+            per_connection: args.max_streams_per_connection,
+            per_client: args.max_streams_per_client,
+        },
+        request_rate: crate::sds::limits::RateLimit {
+            per_second: args.max_request_rate,
+            burst: args.max_request_rate.saturating_mul(2),
+        },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                 cert,
@@ -174,7 +198,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         translate: TranslateConfig {
             expiry_warning_secs: args.expiry_warning_days * 86_400,
         },
-        ..ServeConfig::default()
     };
     let running = match args.manifests {
         Some(dir) => server::start_manifests(config, dir, args.default_namespace).await?,

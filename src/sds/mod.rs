@@ -7,8 +7,10 @@
 
 pub mod authz;
 pub mod clients;
+pub mod connection;
 pub mod delta;
 pub mod encode;
+pub mod limits;
 pub mod service;
 pub mod sotw;
 
@@ -35,6 +37,10 @@ pub struct SdsOptions {
     pub max_names_per_request: usize,
     /// Who may read what; `None` lets every client read everything.
     pub authz: Option<std::sync::Arc<authz::Authz>>,
+    /// Open streams per connection and per client.
+    pub streams: limits::StreamLimits,
+    /// Requests per stream that are not replies to responses.
+    pub request_rate: limits::RateLimit,
 }
 
 impl Default for SdsOptions {
@@ -43,6 +49,8 @@ impl Default for SdsOptions {
             unknown_names: UnknownNamePolicy::Hold,
             max_names_per_request: 5_000,
             authz: None,
+            streams: limits::StreamLimits::default(),
+            request_rate: limits::RateLimit::default(),
         }
     }
 }

@@ -20,8 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::SdsOptions;
 use super::clients::{ClientEntry, ClientInfo, ClientRegistry};
+use super::connection::PeerKeys;
 use super::delta::DeltaStream;
 use super::encode::SdsSnapshot;
+use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
 use super::sotw::{Ack, SotwStream};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
@@ -38,6 +40,7 @@ struct Inner {
     options: SdsOptions,
     metrics: Arc<Metrics>,
     clients: Arc<ClientRegistry>,
+    streams: Arc<StreamCounter>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -52,6 +55,7 @@ impl SdsServer {
         Self {
             inner: Arc::new(Inner {
                 snapshots,
+                streams: Arc::new(StreamCounter::new(options.streams)),
                 options,
                 metrics,
                 clients,
@@ -68,36 +72,45 @@ impl SdsServer {
         AggregatedDiscoveryServiceServer::new(self.clone())
     }
 
+    /// Admits a stream (or refuses it with RESOURCE_EXHAUSTED) and starts its task.
     fn spawn<M: Machine>(
         &self,
         api: &'static str,
         machine: M,
         request: Request<Streaming<M::Req>>,
-    ) -> ResponseStream<M::Resp> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unix".to_owned());
+    ) -> Result<Response<ResponseStream<M::Resp>>, Status> {
         let identities = peer_identities(&request);
+        let keys = PeerKeys::of(&request, &identities);
+        let admitted = match self.inner.streams.admit(&keys.connection, &keys.client) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.inner.metrics.limit_refused(refusal.limit);
+                tracing::warn!(api, connection = %keys.connection, client = %keys.client, reason = %refusal.message, "stream refused");
+                return Err(Status::resource_exhausted(refusal.message));
+            }
+        };
         let requests = request.into_inner();
         // One slot: a slow client blocks only its own task, which then skips to the newest
         // snapshot instead of queueing stale ones.
         let (tx, rx) = mpsc::channel(1);
         let inner = self.inner.clone();
         let peer = Peer {
-            address: peer,
+            keys,
             identities,
+            admitted,
         };
         tokio::spawn(run_stream(inner, api, peer, machine, requests, tx));
-        Box::pin(ReceiverStream::new(rx))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
 /// Who is on the other end of a stream.
 struct Peer {
-    address: String,
+    keys: PeerKeys,
     /// SANs of the mTLS client certificate.
     identities: Vec<String>,
+    /// The stream's slot in the per-connection and per-client counts.
+    admitted: Admitted,
 }
 
 pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
@@ -243,10 +256,13 @@ struct StreamGuard<'a> {
     inner: &'a Inner,
     id: u64,
     streams: Gauge,
+    admitted: Option<Admitted>,
 }
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
+        // The slot first: once the registry no longer shows the stream, a new one fits.
+        self.admitted.take();
         self.inner.clients.close(self.id);
         self.streams.dec();
     }
@@ -262,11 +278,16 @@ async fn run_stream<M: Machine>(
 ) {
     let metrics = StreamMetrics::new(&inner.metrics, api);
     metrics.streams.inc();
-    let is_unix = peer.address == "unix";
-    let mut identities = peer.identities;
+    let Peer {
+        keys,
+        mut identities,
+        admitted,
+    } = peer;
+    let is_unix = keys.is_unix;
+    let mut budget = RequestBudget::new(inner.options.request_rate);
     let (id, entry) = inner.clients.open(ClientInfo {
         api,
-        peer: peer.address,
+        peer: keys.connection.clone(),
         identities: identities.clone(),
         ..ClientInfo::default()
     });
@@ -274,9 +295,12 @@ async fn run_stream<M: Machine>(
         inner: &inner,
         id,
         streams: metrics.streams.clone(),
+        admitted: Some(admitted),
     };
     let mut snapshots = inner.snapshots.clone();
     let mut shutdown = inner.shutdown.clone();
+    // The status a stream ends with when the client broke a rule.
+    let mut break_with = None;
     loop {
         let response = tokio::select! {
             biased;
@@ -285,11 +309,29 @@ async fn run_stream<M: Machine>(
                 let request = match request {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
+                    // An oversized message is a broken rule, not a broken connection: tell
+                    // the client why (if it still listens).
+                    Err(status) if status.code() == tonic::Code::OutOfRange => {
+                        inner.metrics.limit_refused(Limit::MessageSize);
+                        tracing::warn!(api, peer = %keys.connection, %status, "request too large; stream closed");
+                        break_with = Some(Status::out_of_range(format!(
+                            "{} (--max-request-bytes); the stream is closed",
+                            status.message()
+                        )));
+                        break;
+                    }
                     Err(status) => {
                         tracing::debug!(api, %status, "stream ended by client error");
                         break;
                     }
                 };
+                if !budget.admit() {
+                    metrics.rejected.inc();
+                    inner.metrics.limit_refused(Limit::RequestRate);
+                    tracing::warn!(api, peer = %keys.connection, "request rate exceeded; stream closed");
+                    break_with = Some(Status::resource_exhausted(budget.refusal()));
+                    break;
+                }
                 let names = M::name_count(&request);
                 let limit = inner.options.max_names_per_request;
                 // On the Unix socket the node id is a usable identity: no remote peer can
@@ -311,6 +353,7 @@ async fn run_stream<M: Machine>(
                     Some(Err(Status::permission_denied(why)))
                 } else if names > limit {
                     metrics.rejected.inc();
+                    inner.metrics.limit_refused(Limit::NamesPerRequest);
                     tracing::warn!(api, names, limit, "request names too many resources; stream closed");
                     let status = Status::resource_exhausted(format!(
                         "request names {names} resources; at most {limit} per request (--max-names-per-request)"
@@ -346,12 +389,16 @@ async fn run_stream<M: Machine>(
             if tx.send(Ok(response)).await.is_err() {
                 break;
             }
+            budget.responded();
             if let Some(snap) = snap {
                 metrics
                     .push_latency
                     .observe(snap.published.elapsed().as_secs_f64());
             }
         }
+    }
+    if let Some(status) = break_with {
+        let _ = tx.send(Err(status)).await;
     }
 }
 
@@ -412,18 +459,14 @@ impl SecretDiscoveryService for SdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
         let machine = DeltaStream::new(self.inner.options.unknown_names, true);
-        Ok(Response::new(self.spawn("delta", machine, request)))
+        self.spawn("delta", machine, request)
     }
 
     async fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        Ok(Response::new(self.spawn(
-            "sotw",
-            SotwStream::new(true),
-            request,
-        )))
+        self.spawn("sotw", SotwStream::new(true), request)
     }
 
     async fn fetch_secrets(
@@ -474,11 +517,7 @@ impl AggregatedDiscoveryService for SdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn(
-            "ads",
-            SotwStream::new(false),
-            request,
-        )))
+        self.spawn("ads", SotwStream::new(false), request)
     }
 
     async fn delta_aggregated_resources(
@@ -486,6 +525,6 @@ impl AggregatedDiscoveryService for SdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let machine = DeltaStream::new(self.inner.options.unknown_names, false);
-        Ok(Response::new(self.spawn("ads-delta", machine, request)))
+        self.spawn("ads-delta", machine, request)
     }
 }
