@@ -9,6 +9,8 @@ pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod crd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod leader;
 pub mod metrics;

@@ -1,0 +1,4 @@
+//! The State-of-the-World SDS stream state machine, fed requests and snapshots (see `trust_sds::fuzzing::sotw`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| trust_sds::fuzzing::sotw(data));

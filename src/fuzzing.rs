@@ -1,0 +1,266 @@
+//! Fuzz drivers: each takes arbitrary bytes, runs one input path of trust-sds and panics
+//! when an invariant that protects clients breaks. The cargo-fuzz targets in `fuzz/` call
+//! them, and `tests/robustness.rs` replays the committed corpora and crashers through them
+//! on every test run (and feeds them its own random inputs), so a finding stays fixed.
+//!
+//! Not part of the supported API.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+
+use crate::sds::delta::DeltaStream;
+use crate::sds::encode::{EncodedResource, SdsSnapshot};
+use crate::sds::sotw::SotwStream;
+use crate::sds::{SECRET_TYPE_URL, UnknownNamePolicy};
+use crate::validation::{Subject, validate_data};
+
+/// The PEM/X.509 validation path: never panics; a valid bundle has certificates and no
+/// private key material; an error message never quotes a base64 line of the input.
+pub fn pem(data: &[u8]) {
+    for subject in [Subject::ServerCa, Subject::GatewayBundle] {
+        match validate_data(subject, data) {
+            Ok(bundle) => {
+                assert!(!bundle.certificates().is_empty(), "a valid bundle is empty");
+                assert!(
+                    !bundle.pem().contains("PRIVATE KEY"),
+                    "a served bundle carries a private key"
+                );
+            }
+            Err(check) => {
+                let message = check.to_string();
+                for line in String::from_utf8_lossy(data)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| l.len() >= 40 && !l.starts_with("-----"))
+                {
+                    assert!(!message.contains(line), "input echoed in {message:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The manifests parser: never panics, whatever the file holds.
+pub fn manifests(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::source::manifests::parse_manifests(&text, "fuzz.yaml", "default");
+}
+
+/// Reads fuzz bytes as a script of choices; an exhausted script reads zeros.
+struct Script<'a> {
+    data: &'a [u8],
+}
+
+impl Script<'_> {
+    fn done(&self) -> bool {
+        self.data.is_empty()
+    }
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::from(self.byte()) % n.max(1)
+    }
+    /// A length-prefixed slice (for raw protobuf requests).
+    fn chunk(&mut self) -> &[u8] {
+        let len = usize::from(self.byte()).min(self.data.len());
+        let (chunk, rest) = self.data.split_at(len);
+        self.data = rest;
+        chunk
+    }
+}
+
+/// Served names, plus the wildcard and a name never served.
+const NAMES: [&str; 6] = ["a/1", "a/2", "b/1", "gateway/a/x", "*", "c/none"];
+/// How many of `NAMES` a snapshot may hold.
+const SERVABLE: usize = 4;
+
+fn snapshot(script: &mut Script) -> SdsSnapshot {
+    let mut resources: HashMap<Arc<str>, Arc<EncodedResource>> = HashMap::new();
+    let present = script.byte();
+    for (i, name) in NAMES[..SERVABLE].iter().enumerate() {
+        if present & (1 << i) == 0 {
+            continue;
+        }
+        let version: Arc<str> = Arc::from(format!("v{}", script.below(3)));
+        let any = Any {
+            type_url: SECRET_TYPE_URL.into(),
+            value: name.as_bytes().to_vec(),
+        };
+        resources.insert(Arc::from(*name), Arc::new(EncodedResource { version, any }));
+    }
+    SdsSnapshot {
+        resources,
+        ..SdsSnapshot::default()
+    }
+}
+
+fn names(script: &mut Script) -> Vec<String> {
+    (0..script.below(4))
+        .map(|_| NAMES[script.below(NAMES.len())].to_owned())
+        .collect()
+}
+
+fn error_detail(script: &mut Script) -> Option<Status> {
+    (script.below(4) == 0).then(|| Status {
+        code: 3,
+        message: "rejected".into(),
+        details: vec![],
+    })
+}
+
+fn nonce(script: &mut Script, last: u64) -> String {
+    match script.below(4) {
+        0 => String::new(),
+        1 | 2 => last.to_string(),
+        _ => u64::from(script.byte()).to_string(),
+    }
+}
+
+/// Longest script run per input: keeps each fuzz iteration short.
+const MAX_STEPS: usize = 256;
+
+/// The State-of-the-World stream state machine fed a script of snapshots and requests
+/// (structured ones, and raw bytes decoded as protobuf the way the server would). Nonces
+/// are consecutive; a response is never empty and never repeats or invents a name.
+pub fn sotw(data: &[u8]) {
+    let mut script = Script { data };
+    let mut stream = SotwStream::new(script.byte() & 1 == 0);
+    let mut snap = snapshot(&mut script);
+    let mut last_nonce = 0u64;
+    for _ in 0..MAX_STEPS {
+        if script.done() {
+            break;
+        }
+        let response = match script.below(4) {
+            0 => {
+                snap = snapshot(&mut script);
+                stream.on_snapshot(&snap)
+            }
+            1 => {
+                let Ok(req) = DiscoveryRequest::decode(script.chunk()) else {
+                    continue;
+                };
+                stream.on_request(&req, &snap).1
+            }
+            _ => {
+                let req = DiscoveryRequest {
+                    resource_names: names(&mut script),
+                    response_nonce: nonce(&mut script, last_nonce),
+                    error_detail: error_detail(&mut script),
+                    type_url: if script.below(10) == 0 {
+                        "bogus".into()
+                    } else {
+                        SECRET_TYPE_URL.into()
+                    },
+                    ..Default::default()
+                };
+                stream.on_request(&req, &snap).1
+            }
+        };
+        let Some(r) = response else { continue };
+        let nonce: u64 = r.nonce.parse().expect("numeric nonce");
+        assert_eq!(nonce, last_nonce + 1, "nonces are consecutive");
+        last_nonce = nonce;
+        let sent: Vec<String> = r
+            .resources
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            .collect();
+        let unique: BTreeSet<&String> = sent.iter().collect();
+        assert_eq!(unique.len(), sent.len(), "a name repeated");
+        assert!(!sent.is_empty(), "empty SotW responses make Envoy NACK");
+        for n in &sent {
+            assert!(snap.resources.contains_key(n.as_str()), "invented {n}");
+            assert!(
+                stream.is_wildcard() || stream.names().any(|s| s == n),
+                "unrequested {n}"
+            );
+        }
+    }
+}
+
+/// The Delta stream state machine, as [`sotw`]; also: a name is never sent and removed in
+/// one response, and only existing resources are sent.
+pub fn delta(data: &[u8]) {
+    let mut script = Script { data };
+    let policy = if script.byte() & 1 == 0 {
+        UnknownNamePolicy::Hold
+    } else {
+        UnknownNamePolicy::NotFound
+    };
+    let mut stream = DeltaStream::new(policy, script.byte() & 1 == 0);
+    let mut snap = snapshot(&mut script);
+    let mut last_nonce = 0u64;
+    for _ in 0..MAX_STEPS {
+        if script.done() {
+            break;
+        }
+        let response = match script.below(4) {
+            0 => {
+                snap = snapshot(&mut script);
+                stream.on_snapshot(&snap)
+            }
+            1 => {
+                let Ok(req) = DeltaDiscoveryRequest::decode(script.chunk()) else {
+                    continue;
+                };
+                stream.on_request(&req, &snap).1
+            }
+            _ => {
+                let req = DeltaDiscoveryRequest {
+                    type_url: SECRET_TYPE_URL.into(),
+                    resource_names_subscribe: names(&mut script),
+                    resource_names_unsubscribe: names(&mut script),
+                    initial_resource_versions: names(&mut script)
+                        .into_iter()
+                        .map(|n| {
+                            let v = format!("v{}", script.below(3));
+                            (n, v)
+                        })
+                        .collect(),
+                    response_nonce: nonce(&mut script, last_nonce),
+                    error_detail: error_detail(&mut script),
+                    ..Default::default()
+                };
+                stream.on_request(&req, &snap).1
+            }
+        };
+        let Some(r) = response else { continue };
+        let nonce: u64 = r.nonce.parse().expect("numeric nonce");
+        assert_eq!(nonce, last_nonce + 1, "nonces are consecutive");
+        last_nonce = nonce;
+        assert!(
+            !r.resources.is_empty() || !r.removed_resources.is_empty(),
+            "empty Delta response"
+        );
+        let sent: BTreeSet<&String> = r.resources.iter().map(|x| &x.name).collect();
+        assert_eq!(sent.len(), r.resources.len(), "a name repeated");
+        for x in &r.resources {
+            assert!(
+                snap.resources.contains_key(x.name.as_str()),
+                "sent a resource that does not exist"
+            );
+            assert!(
+                stream.is_wildcard() || stream.names().any(|s| s == x.name),
+                "unrequested {}",
+                x.name
+            );
+            assert!(
+                !r.removed_resources.contains(&x.name),
+                "sent and removed at once"
+            );
+        }
+    }
+}
