@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Published, SourceEvent};
 use crate::sds::clients::ClientRegistry;
 use crate::sds::encode::spawn_encoder;
+use crate::sds::grpc::{AdsGrpc, SdsGrpc};
 use crate::sds::service::SdsServer;
 use crate::sds::{SdsOptions, UnknownNamePolicy};
 use crate::source::manifests::ManifestsSource;
@@ -188,16 +189,14 @@ pub async fn start(
         shutdown_rx.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer<SdsServer>>()
-        .await;
+    health_reporter.set_serving::<SdsGrpc>().await;
     let max = config.max_request_bytes;
     let router = tonic::transport::Server::builder()
         // A transport backstop above the per-connection stream limit, which is enforced per
         // SDS stream with a clear error; this one also bounds unary calls (health, fetch).
         .max_concurrent_streams(transport_stream_cap(config.stream_limits.per_connection))
-        .add_service(sds.sds_service().max_decoding_message_size(max))
-        .add_service(sds.ads_service().max_decoding_message_size(max))
+        .add_service(SdsGrpc::new(sds.clone(), max))
+        .add_service(AdsGrpc::new(sds.clone(), max))
         .add_service(health_service)
         .add_service(
             admin::grpc::AdminService::new(published.clone(), config.authz.clone()).into_server(),

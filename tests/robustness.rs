@@ -65,7 +65,8 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 #[test]
 fn committed_fuzz_seeds_and_crashers_replay_cleanly() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Driver = fn(&[u8]);
+    let targets: [(&str, Driver); 4] = [
         ("pem", fuzzing::pem),
         ("manifests", fuzzing::manifests),
         ("sotw", fuzzing::sotw),

@@ -10,6 +10,7 @@ pub mod clients;
 pub mod connection;
 pub mod delta;
 pub mod encode;
+pub mod grpc;
 pub mod limits;
 pub mod service;
 pub mod sotw;
