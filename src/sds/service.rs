@@ -10,8 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::SdsOptions;
@@ -60,8 +59,14 @@ impl SdsServer {
         }
     }
 
-    /// Admits a stream (or refuses it with RESOURCE_EXHAUSTED) and starts its task.
-    fn spawn<M: Machine>(
+    /// Admits a stream (or refuses it with RESOURCE_EXHAUSTED) and returns its responses.
+    ///
+    /// There is no task or channel per stream: the response stream itself runs the state
+    /// machine whenever the transport polls it (hyper already has a task per HTTP/2 stream),
+    /// so an idle stream costs its state and nothing more, and a push wakes one task. A slow
+    /// client is not polled until it has window again, and then gets the newest snapshot,
+    /// never a queue of stale ones.
+    fn open<M: Machine>(
         &self,
         api: &'static str,
         machine: M,
@@ -77,28 +82,21 @@ impl SdsServer {
                 return Err(Status::resource_exhausted(refusal.message));
             }
         };
-        let requests = request.into_inner();
-        // One slot: a slow client blocks only its own task, which then skips to the newest
-        // snapshot instead of queueing stale ones.
-        let (tx, rx) = mpsc::channel(1);
-        let inner = self.inner.clone();
-        let peer = Peer {
+        let stream = SdsStream::new(
+            self.inner.clone(),
+            api,
             keys,
             identities,
             admitted,
-        };
-        tokio::spawn(run_stream(inner, api, peer, machine, requests, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            machine,
+            request.into_inner(),
+        );
+        let responses = futures::stream::unfold(stream, |mut stream| async move {
+            let item = stream.next().await?;
+            Some((item, stream))
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
-}
-
-/// Who is on the other end of a stream.
-struct Peer {
-    keys: PeerKeys,
-    /// SANs of the mTLS client certificate.
-    identities: Vec<String>,
-    /// The stream's slot in the per-connection and per-client counts.
-    admitted: Admitted,
 }
 
 pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
@@ -240,14 +238,14 @@ impl StreamMetrics {
 }
 
 /// Removes the stream from the registry and the gauge however the task ends.
-struct StreamGuard<'a> {
-    inner: &'a Inner,
+struct StreamGuard {
+    inner: Arc<Inner>,
     id: u64,
     streams: Gauge,
     admitted: Option<Admitted>,
 }
 
-impl Drop for StreamGuard<'_> {
+impl Drop for StreamGuard {
     fn drop(&mut self) {
         // The slot first: once the registry no longer shows the stream, a new one fits.
         self.admitted.take();
@@ -256,137 +254,211 @@ impl Drop for StreamGuard<'_> {
     }
 }
 
-async fn run_stream<M: Machine>(
+/// One stream: its state machine, its requests and what it needs to answer them.
+struct SdsStream<M: Machine> {
     inner: Arc<Inner>,
     api: &'static str,
-    peer: Peer,
-    mut machine: M,
-    mut requests: Streaming<M::Req>,
-    tx: mpsc::Sender<Result<M::Resp, Status>>,
-) {
-    let metrics = StreamMetrics::new(&inner.metrics, api);
-    metrics.streams.inc();
-    let Peer {
-        keys,
-        mut identities,
-        admitted,
-    } = peer;
-    let is_unix = keys.is_unix;
-    let mut budget = RequestBudget::new(inner.options.request_rate);
-    let (id, entry) = inner.clients.open(ClientInfo {
-        api,
-        peer: keys.connection.clone(),
-        identities: identities.clone(),
-        ..ClientInfo::default()
-    });
-    let _guard = StreamGuard {
-        inner: &inner,
-        id,
-        streams: metrics.streams.clone(),
-        admitted: Some(admitted),
-    };
-    let mut snapshots = inner.snapshots.clone();
-    let mut shutdown = inner.shutdown.clone();
-    // The status a stream ends with when the client broke a rule.
-    let mut break_with = None;
-    loop {
-        let response = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            request = requests.message() => {
-                let request = match request {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    // An oversized message is a broken rule, not a broken connection: tell
-                    // the client why (if it still listens).
-                    Err(status) if status.code() == tonic::Code::OutOfRange => {
-                        inner.metrics.limit_refused(Limit::MessageSize);
-                        tracing::warn!(api, peer = %keys.connection, %status, "request too large; stream closed");
-                        break_with = Some(Status::out_of_range(format!(
-                            "{} (--max-request-bytes); the stream is closed",
-                            status.message()
-                        )));
-                        break;
-                    }
-                    Err(status) => {
-                        tracing::debug!(api, %status, "stream ended by client error");
-                        break;
-                    }
-                };
-                if !budget.admit() {
-                    metrics.rejected.inc();
-                    inner.metrics.limit_refused(Limit::RequestRate);
-                    tracing::warn!(api, peer = %keys.connection, "request rate exceeded; stream closed");
-                    break_with = Some(Status::resource_exhausted(budget.refusal()));
-                    break;
-                }
-                let names = M::name_count(&request);
-                let limit = inner.options.max_names_per_request;
-                // On the Unix socket the node id is a usable identity: no remote peer can
-                // reach it.
-                if is_unix && let Some(node) = M::node(&request).filter(|n| !n.is_empty()) {
-                    let node = format!("node:{node}");
-                    if !identities.contains(&node) {
-                        identities.push(node);
-                        entry.lock().unwrap_or_else(|p| p.into_inner()).identities = identities.clone();
-                    }
-                }
-                let denied = inner.options.authz.as_ref().and_then(|authz| {
-                    let (requested, wildcard) = machine.requested(&request);
-                    authz.check(&identities, &requested, wildcard).err()
-                });
-                if let Some(why) = denied {
-                    metrics.rejected.inc();
-                    tracing::warn!(api, reason = %why, "subscription refused; stream closed");
-                    Some(Err(Status::permission_denied(why)))
-                } else if names > limit {
-                    metrics.rejected.inc();
-                    inner.metrics.limit_refused(Limit::NamesPerRequest);
-                    tracing::warn!(api, names, limit, "request names too many resources; stream closed");
-                    let status = Status::resource_exhausted(format!(
-                        "request names {names} resources; at most {limit} per request (--max-names-per-request)"
-                    ));
-                    Some(Err(status))
-                } else {
-                let snap = snapshots.borrow_and_update().clone();
-                let (ack, response) = machine.on_request(&request, &snap);
-                record(&metrics, api, &entry, &machine, &request, &ack);
-                // Answers to requests are not pushes: no latency sample.
-                response.map(|r| Ok((r, None)))
-                }
-            }
-            changed = snapshots.changed() => {
-                if changed.is_err() { break; }
-                let snap = snapshots.borrow_and_update().clone();
-                machine.on_snapshot(&snap).map(|r| Ok((r, Some(snap))))
-            }
+    keys: PeerKeys,
+    /// SANs of the mTLS client certificate, plus `node:<id>` on the Unix socket.
+    identities: Vec<String>,
+    machine: M,
+    requests: Streaming<M::Req>,
+    snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+    shutdown: watch::Receiver<bool>,
+    metrics: StreamMetrics,
+    budget: RequestBudget,
+    entry: ClientEntry,
+    /// Set once the stream has ended (after an error status, nothing more is sent).
+    ended: bool,
+    _guard: StreamGuard,
+}
+
+/// What woke a stream.
+enum Event<Req> {
+    Stop,
+    Request(Result<Option<Req>, Status>),
+    /// A new snapshot (`false`: the publisher is gone).
+    Changed(bool),
+}
+
+/// What one event on a stream leads to.
+enum Step<R> {
+    /// Send this response; a push carries the snapshot it was built from (push latency).
+    Respond(R, Option<Arc<SdsSnapshot>>),
+    /// Nothing to send.
+    Quiet,
+    /// End the stream with this status.
+    Fail(Status),
+    /// End the stream normally.
+    End,
+}
+
+impl<M: Machine> SdsStream<M> {
+    fn new(
+        inner: Arc<Inner>,
+        api: &'static str,
+        keys: PeerKeys,
+        identities: Vec<String>,
+        admitted: Admitted,
+        machine: M,
+        requests: Streaming<M::Req>,
+    ) -> Self {
+        let metrics = StreamMetrics::new(&inner.metrics, api);
+        metrics.streams.inc();
+        let (id, entry) = inner.clients.open(ClientInfo {
+            api,
+            peer: keys.connection.clone(),
+            identities: identities.clone(),
+            ..ClientInfo::default()
+        });
+        let guard = StreamGuard {
+            inner: inner.clone(),
+            id,
+            streams: metrics.streams.clone(),
+            admitted: Some(admitted),
         };
-        let response = match response {
-            Some(Err(status)) => {
-                let _ = tx.send(Err(status)).await;
-                break;
-            }
-            Some(Ok(r)) => Some(r),
-            None => None,
-        };
-        if let Some((response, snap)) = response {
-            metrics.responses.inc();
-            metrics
-                .resources_sent
-                .inc_by(M::resource_count(&response) as u64);
-            if tx.send(Ok(response)).await.is_err() {
-                break;
-            }
-            budget.responded();
-            if let Some(snap) = snap {
-                metrics
-                    .push_latency
-                    .observe(snap.published.elapsed().as_secs_f64());
+        Self {
+            snapshots: inner.snapshots.clone(),
+            shutdown: inner.shutdown.clone(),
+            budget: RequestBudget::new(inner.options.request_rate),
+            inner,
+            api,
+            keys,
+            identities,
+            machine,
+            requests,
+            metrics,
+            entry,
+            ended: false,
+            _guard: guard,
+        }
+    }
+
+    /// The next item of the response stream; `None` ends it.
+    async fn next(&mut self) -> Option<Result<M::Resp, Status>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|stop| *stop) => Event::Stop,
+                request = self.requests.message() => Event::Request(request),
+                changed = self.snapshots.changed() => Event::Changed(changed.is_ok()),
+            };
+            let step = match event {
+                Event::Stop | Event::Changed(false) => Step::End,
+                Event::Request(Ok(Some(request))) => self.on_request(request),
+                Event::Request(Ok(None)) => Step::End,
+                // An oversized message is a broken rule, not a broken connection: tell the
+                // client why (if it still listens).
+                Event::Request(Err(status)) if status.code() == tonic::Code::OutOfRange => {
+                    self.inner.metrics.limit_refused(Limit::MessageSize);
+                    tracing::warn!(api = self.api, peer = %self.keys.connection, %status, "request too large; stream closed");
+                    Step::Fail(Status::out_of_range(format!(
+                        "{} (--max-request-bytes); the stream is closed",
+                        status.message()
+                    )))
+                }
+                Event::Request(Err(status)) => {
+                    tracing::debug!(api = self.api, %status, "stream ended by client error");
+                    Step::End
+                }
+                Event::Changed(true) => {
+                    let snap = self.snapshots.borrow_and_update().clone();
+                    match self.machine.on_snapshot(&snap) {
+                        Some(r) => Step::Respond(r, Some(snap)),
+                        None => Step::Quiet,
+                    }
+                }
+            };
+            match step {
+                Step::Quiet => continue,
+                Step::End => {
+                    self.ended = true;
+                    return None;
+                }
+                Step::Fail(status) => {
+                    self.ended = true;
+                    return Some(Err(status));
+                }
+                Step::Respond(response, snap) => {
+                    self.metrics.responses.inc();
+                    self.metrics
+                        .resources_sent
+                        .inc_by(M::resource_count(&response) as u64);
+                    self.budget.responded();
+                    if let Some(snap) = snap {
+                        self.metrics
+                            .push_latency
+                            .observe(snap.published.elapsed().as_secs_f64());
+                    }
+                    return Some(Ok(response));
+                }
             }
         }
     }
-    if let Some(status) = break_with {
-        let _ = tx.send(Err(status)).await;
+
+    fn on_request(&mut self, request: M::Req) -> Step<M::Resp> {
+        let api = self.api;
+        if !self.budget.admit() {
+            self.metrics.rejected.inc();
+            self.inner.metrics.limit_refused(Limit::RequestRate);
+            tracing::warn!(api, peer = %self.keys.connection, "request rate exceeded; stream closed");
+            return Step::Fail(Status::resource_exhausted(self.budget.refusal()));
+        }
+        // On the Unix socket the node id is a usable identity: no remote peer can reach it.
+        if self.keys.is_unix
+            && let Some(node) = M::node(&request).filter(|n| !n.is_empty())
+        {
+            let node = format!("node:{node}");
+            if !self.identities.contains(&node) {
+                self.identities.push(node);
+                self.entry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .identities = self.identities.clone();
+            }
+        }
+        let denied = self.inner.options.authz.as_ref().and_then(|authz| {
+            let (requested, wildcard) = self.machine.requested(&request);
+            authz.check(&self.identities, &requested, wildcard).err()
+        });
+        if let Some(why) = denied {
+            self.metrics.rejected.inc();
+            tracing::warn!(api, reason = %why, "subscription refused; stream closed");
+            return Step::Fail(Status::permission_denied(why));
+        }
+        let names = M::name_count(&request);
+        let limit = self.inner.options.max_names_per_request;
+        if names > limit {
+            self.metrics.rejected.inc();
+            self.inner.metrics.limit_refused(Limit::NamesPerRequest);
+            tracing::warn!(
+                api,
+                names,
+                limit,
+                "request names too many resources; stream closed"
+            );
+            return Step::Fail(Status::resource_exhausted(format!(
+                "request names {names} resources; at most {limit} per request (--max-names-per-request)"
+            )));
+        }
+        let snap = self.snapshots.borrow_and_update().clone();
+        let (ack, response) = self.machine.on_request(&request, &snap);
+        record(
+            &self.metrics,
+            api,
+            &self.entry,
+            &self.machine,
+            &request,
+            &ack,
+        );
+        // Answers to requests are not pushes: no latency sample.
+        match response {
+            Some(r) => Step::Respond(r, None),
+            None => Step::Quiet,
+        }
     }
 }
 
@@ -447,14 +519,14 @@ impl SecretDiscoveryService for SdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
         let machine = DeltaStream::new(self.inner.options.unknown_names, true);
-        self.spawn("delta", machine, request)
+        self.open("delta", machine, request)
     }
 
     async fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        self.spawn("sotw", SotwStream::new(true), request)
+        self.open("sotw", SotwStream::new(true), request)
     }
 
     async fn fetch_secrets(
@@ -505,7 +577,7 @@ impl AggregatedDiscoveryService for SdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.spawn("ads", SotwStream::new(false), request)
+        self.open("ads", SotwStream::new(false), request)
     }
 
     async fn delta_aggregated_resources(
@@ -513,6 +585,6 @@ impl AggregatedDiscoveryService for SdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let machine = DeltaStream::new(self.inner.options.unknown_names, false);
-        self.spawn("ads-delta", machine, request)
+        self.open("ads-delta", machine, request)
     }
 }
