@@ -380,7 +380,20 @@ async fn run_case(
     registrations: usize,
 ) -> Figures {
     let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
+    // FANOUT_SERVER_WRAPPER="perf record -e cpu-clock -g -o perf.data --" (or valgrind ...)
+    // runs the server child under a profiler.
+    let wrapper: Vec<String> = std::env::var("FANOUT_SERVER_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    let mut child = command
         .args([
             "--child",
             kind,
@@ -433,7 +446,10 @@ async fn run_case(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu = proc_cpu(pid) - cpu_before;
     drop(stdin);
-    let _ = child.kill();
+    if wrapper.is_empty() {
+        let _ = child.kill();
+    }
+    // Closing stdin ends the child; a profiler wrapping it then writes its data.
     let _ = child.wait();
     for t in tasks {
         t.abort();
@@ -457,7 +473,11 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let rotations = if quick { 10 } else { 30 };
+    // FANOUT_ROTATIONS overrides the count (e.g. many rotations so a profile is mostly fan-out).
+    let rotations = std::env::var("FANOUT_ROTATIONS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 10 } else { 30 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -482,10 +502,25 @@ fn main() {
     } else {
         &[(1_000, 10), (10_000, 100)]
     };
+    // FANOUT_ONLY="10000,100,2048,trust-sds" runs one case of one server (for profiling).
+    let only: Option<Vec<String>> = std::env::var("FANOUT_ONLY")
+        .ok()
+        .map(|o| o.split(',').map(str::to_owned).collect());
+    let selected = |streams: usize, connections: usize, bundle: usize, kind: &str| {
+        only.as_ref().is_none_or(|o| {
+            o[0] == streams.to_string()
+                && o[1] == connections.to_string()
+                && o[2] == bundle.to_string()
+                && o[3] == kind
+        })
+    };
     for &(streams, connections) in cases {
         for bundle in [2 * 1024, 16 * 1024] {
             let mut row = Vec::new();
             for kind in ["trust-sds", "baseline"] {
+                if !selected(streams, connections, bundle, kind) {
+                    continue;
+                }
                 let f = rt.block_on(run_case(
                     kind,
                     streams,
@@ -508,6 +543,9 @@ fn main() {
                     }
                 );
                 row.push(f);
+            }
+            if row.len() < 2 {
+                continue;
             }
             println!(
                 "{:<10} ratio trust-sds/baseline: median {:.2}x, cpu/update {:.2}x, memory/stream {:.2}x",

@@ -505,6 +505,64 @@ async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
     );
 }
 
+/// A hung API server (requests unanswered, watches silent) takes nothing away: the last
+/// snapshot keeps being served to existing and new streams, and when it answers again the
+/// change made meanwhile reaches the stream and the status.
+#[tokio::test]
+async fn a_hung_api_server_keeps_serving_and_catches_up() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let server = TestServer::attach(start(&fake).await);
+    eventually("served", || serves(&server.running, "team/weather")).await;
+    let mut c = SotwClient::open(&server).await;
+    c.request(&["team/weather"]).await;
+    let first = c.recv(&["team/weather"]).await;
+    c.ack(&["team/weather"]).await;
+    eventually("Ready written", || {
+        fake.ready("MCPServerRegistration", "team", "weather")
+            .is_some_and(|r| r["status"] == "True")
+    })
+    .await;
+
+    fake.set_hanging(true);
+    rotate_weather(&fake, "B");
+    // A new stream during the hang gets the last known bundle at once.
+    let mut late = SotwClient::open(&server).await;
+    late.request(&["team/weather"]).await;
+    assert_eq!(
+        late.recv(&["team/weather"]).await.version_info,
+        first.version_info,
+        "the last snapshot is served during the hang"
+    );
+
+    fake.set_hanging(false);
+    let pushed = c.recv(&["team/weather"]).await;
+    assert_ne!(
+        pushed.version_info, first.version_info,
+        "the held change arrives"
+    );
+    assert_eq!(
+        late.recv(&["team/weather"]).await.version_info,
+        pushed.version_info
+    );
+    eventually("Ready still true after the rotation", || {
+        fake.ready("MCPServerRegistration", "team", "weather")
+            .is_some_and(|r| {
+                r["status"] == "True"
+                    && r["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.contains("still served"))
+            })
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn gateway_bundle_follows_http_route_parents() {
     let fake = FakeApiServer::start(&["v1"]).await;

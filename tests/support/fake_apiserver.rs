@@ -15,7 +15,10 @@
 //!   condition owned by the field manager that applied it, a manager's conditions that are
 //!   absent from its next apply removed, other managers' conditions untouched.
 //!
-//! - a simulated outage: lists and watches answer 500 while it lasts.
+//! - a simulated outage: lists and watches answer 500 while it lasts;
+//! - a simulated hang: new lists and watches get no answer, and open watches deliver
+//!   nothing, until it ends (then everything held back arrives, as from a server that
+//!   stalled and recovered).
 //!
 //! Not implemented: pagination (`limit` is ignored), field selectors, RBAC, admission.
 
@@ -63,6 +66,8 @@ pub struct FakeApiServer {
     store: Arc<Mutex<Store>>,
     events: broadcast::Sender<Entry>,
     closer: Arc<watch::Sender<u64>>,
+    /// While true, list and watch answer nothing.
+    hang: Arc<watch::Sender<bool>>,
     served: Arc<Vec<String>>,
 }
 
@@ -87,6 +92,7 @@ impl FakeApiServer {
             store: Default::default(),
             events: broadcast::channel(4096).0,
             closer: Arc::new(watch::channel(0).0),
+            hang: Arc::new(watch::channel(false).0),
             served: Arc::new(served.iter().map(|s| s.to_string()).collect()),
         };
         let app = Router::new()
@@ -227,6 +233,11 @@ impl FakeApiServer {
 
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
+    }
+
+    /// Starts or ends a simulated hang of list and watch (no answer, no event).
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hang.send_replace(hanging);
     }
 
     /// Starts or ends a simulated outage of list and watch (500 Internal Server Error).
@@ -391,6 +402,8 @@ async fn list_or_watch(
     q: ListQuery,
     headers: HeaderMap,
 ) -> Response {
+    let mut hang = s.hang.subscribe();
+    let _ = hang.wait_for(|h| !*h).await;
     if s.lock().failing {
         return status_error(500, "InternalError", "etcdserver: request timed out".into());
     }
@@ -491,6 +504,7 @@ async fn list_or_watch(
                 e = live.recv() => {
                     let Ok(e) = e else { return };
                     if e.resource != resource || e.rv <= current.max(from) { continue; }
+                    let _ = hang.wait_for(|h| !*h).await;
                     if let Some(v) = event(&e)
                         && tx.send(line(v)).await.is_err()
                     {
