@@ -29,12 +29,24 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NackLabels {
+    pub api: &'static str,
+    /// The gRPC code of the client's `error_detail`, e.g. `InvalidArgument`.
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub streams: Family<ApiLabels, Gauge>,
     pub responses: Family<ApiLabels, Counter>,
     pub resources_sent: Family<ApiLabels, Counter>,
     pub acks: Family<ApiLabels, Counter>,
     pub nacks: Family<ApiLabels, Counter>,
+    pub nacks_by_reason: Family<NackLabels, Counter>,
+    /// Seconds from a source event reaching the pipeline to the snapshot with it published.
+    pub source_lag: Histogram,
+    /// 1 while the source reports an error (serving its last state), else 0.
+    pub source_stale: Gauge,
     pub rejected_requests: Family<ApiLabels, Counter>,
     /// Streams refused or ended because a client broke a limit.
     pub limit_rejections: Family<LimitLabels, Counter>,
@@ -61,6 +73,9 @@ impl Metrics {
             resources_sent: Family::default(),
             acks: Family::default(),
             nacks: Family::default(),
+            nacks_by_reason: Family::default(),
+            source_lag: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            source_stale: Gauge::default(),
             rejected_requests: Family::default(),
             limit_rejections: Family::default(),
             push_latency: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
@@ -91,6 +106,21 @@ impl Metrics {
             m.nacks.clone(),
         );
         registry.register(
+            "sds_nacks_by_reason",
+            "Responses rejected by clients (NACK), by the gRPC code of their error_detail",
+            m.nacks_by_reason.clone(),
+        );
+        registry.register(
+            "source_lag_seconds",
+            "Source event reaching the pipeline to the snapshot with it published",
+            m.source_lag.clone(),
+        );
+        registry.register(
+            "source_stale",
+            "1 while the source reports an error and its last state is served",
+            m.source_stale.clone(),
+        );
+        registry.register(
             "sds_rejected_requests",
             "Requests refused: unsupported type URL, or too many names (stream closed)",
             m.rejected_requests.clone(),
@@ -113,6 +143,14 @@ impl Metrics {
         );
         registry.register("statuses", "Ready conditions by value", m.statuses.clone());
         Self { registry, ..m }
+    }
+
+    /// Counts a NACK by the gRPC code the client gave.
+    pub fn nacked(&self, api: &'static str, code: i32) {
+        let reason = format!("{:?}", tonic::Code::from_i32(code));
+        self.nacks_by_reason
+            .get_or_create(&NackLabels { api, reason })
+            .inc();
     }
 
     /// Counts a stream refused or closed by `limit`.

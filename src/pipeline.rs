@@ -48,6 +48,8 @@ pub struct Pipeline {
     statuses: watch::Sender<Arc<StatusMap>>,
     health: watch::Sender<Arc<SourceHealth>>,
     clock: fn() -> i64,
+    /// Source lag and staleness, when the server exports metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// How often expiry warnings are re-evaluated when nothing else changes.
@@ -67,6 +69,7 @@ impl Pipeline {
             statuses,
             health,
             clock: unix_now,
+            metrics: None,
         };
         let published = Published {
             snapshot: snapshot_rx,
@@ -74,6 +77,12 @@ impl Pipeline {
             health: health_rx,
         };
         (pipeline, published)
+    }
+
+    /// Exports source lag and staleness to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Applies one event to the index (no translation yet). A `Sync` is returned to be
@@ -106,17 +115,20 @@ impl Pipeline {
                 }
             }
             SourceEvent::Health(health) => {
+                if let Some(m) = &self.metrics {
+                    m.source_stale.set(i64::from(health.error.is_some()));
+                }
                 publish_if_changed(&self.health, health, |a, b| a == b);
             }
         }
         None
     }
 
-    /// Translates pending work and publishes what changed.
-    pub fn flush(&mut self) {
+    /// Translates pending work and publishes what changed; whether there was any.
+    pub fn flush(&mut self) -> bool {
         let dirty = self.index.take_dirty();
         if dirty.is_empty() {
-            return;
+            return false;
         }
         let (resources_changed, statuses_changed) =
             match self.translator.update(&self.index, &dirty, (self.clock)()) {
@@ -134,6 +146,7 @@ impl Pipeline {
             self.statuses
                 .send_replace(Arc::new(self.conditions.clone()));
         }
+        true
     }
 
     /// Updates the published maps for the registrations a translation touched.
@@ -186,10 +199,13 @@ impl Pipeline {
         let mut recheck = tokio::time::interval(EXPIRY_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut synced = Vec::new();
+        // When the oldest event of the batch being translated arrived (source lag).
+        let mut batch_started = None;
         loop {
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { break };
+                    batch_started = Some(std::time::Instant::now());
                     synced.extend(self.handle(event));
                     // Take everything that is already queued before translating once.
                     while let Ok(event) = events.try_recv() {
@@ -198,7 +214,10 @@ impl Pipeline {
                 }
                 _ = recheck.tick() => self.index.mark_all(),
             }
-            self.flush();
+            let worked = self.flush();
+            if let (true, Some(started), Some(m)) = (worked, batch_started.take(), &self.metrics) {
+                m.source_lag.observe(started.elapsed().as_secs_f64());
+            }
             for done in synced.drain(..) {
                 let _ = done.send(());
             }

@@ -167,8 +167,9 @@ pub async fn start(
     config: ServeConfig,
     events: mpsc::Receiver<SourceEvent>,
 ) -> anyhow::Result<Running> {
-    let (pipeline, published) = Pipeline::new(config.translate.clone());
     let metrics = Arc::new(Metrics::new());
+    let (pipeline, published) = Pipeline::new(config.translate.clone());
+    let pipeline = pipeline.with_metrics(metrics.clone());
     let clients = Arc::new(ClientRegistry::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let background = vec![tokio::spawn(pipeline.run(events))];

@@ -69,6 +69,14 @@ async fn admin_endpoints_report_health_metrics_and_views() {
     let (code, body) = http_get(port, "/readyz").await.unwrap();
     assert_eq!(code, 200, "a stale source keeps serving");
     assert!(body.contains("source stale: API server unreachable"));
+    let (_, metrics) = http_get(port, "/metrics").await.unwrap();
+    assert!(metrics.contains("trust_sds_source_stale 1"), "{metrics}");
+    let lag_samples = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trust_sds_source_lag_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(lag_samples >= 1, "the applied objects were timed: {metrics}");
 
     let mut c = SotwClient::open(&server).await;
     c.request(&["team/a"]).await;

@@ -63,6 +63,7 @@ impl DeltaStream {
             (Some(status), nonce) => Ack::Nack {
                 version: nonce.to_owned(),
                 message: status.message.clone(),
+                code: status.code,
             },
             (None, nonce) => Ack::Ack {
                 version: nonce.to_owned(),
@@ -110,8 +111,14 @@ impl DeltaStream {
         let mut removed = Vec::new();
         let mut consider = |name: &str, this: &mut Self| match snap.resources.get(name) {
             Some(r) => {
-                if this.known.get(name).is_none_or(|v| *v != r.version) {
-                    this.known.insert(name.to_owned(), r.version.clone());
+                let known = this.known.get_mut(name);
+                if known.as_ref().is_none_or(|v| **v != r.version) {
+                    match known {
+                        Some(v) => v.clone_from(&r.version),
+                        None => {
+                            this.known.insert(name.to_owned(), r.version.clone());
+                        }
+                    }
                     this.answered_missing.remove(name);
                     resources.push(Resource {
                         name: name.to_owned(),
@@ -133,16 +140,21 @@ impl DeltaStream {
                 }
             }
         };
-        let names: Vec<String> = if self.wildcard {
+        if self.wildcard {
             let mut all: BTreeSet<String> = snap.resources.keys().map(|n| n.to_string()).collect();
             all.extend(self.known.keys().cloned());
             all.extend(self.names.iter().cloned());
-            all.into_iter().collect()
+            for name in &all {
+                consider(name, self);
+            }
         } else {
-            self.names.iter().cloned().collect()
-        };
-        for name in &names {
-            consider(name, self);
+            // Borrowed out and back rather than cloned: this runs for every stream on every
+            // snapshot change.
+            let names = std::mem::take(&mut self.names);
+            for name in &names {
+                consider(name, self);
+            }
+            self.names = names;
         }
         if resources.is_empty() && removed.is_empty() {
             return None;

@@ -117,7 +117,7 @@ trait Machine: Send + 'static {
     type Resp: Send + 'static;
     fn on_request(&mut self, req: &Self::Req, snap: &SdsSnapshot) -> (Ack, Option<Self::Resp>);
     fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<Self::Resp>;
-    fn node(req: &Self::Req) -> Option<String>;
+    fn node(req: &Self::Req) -> Option<&str>;
     /// How many resource names the request carries (for the per-request limit).
     fn name_count(req: &Self::Req) -> usize;
     /// The names a request asks for, and whether it asks for everything (authorization).
@@ -141,8 +141,8 @@ impl Machine for SotwStream {
     fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
         SotwStream::on_snapshot(self, snap)
     }
-    fn node(req: &DiscoveryRequest) -> Option<String> {
-        req.node.as_ref().map(|n| n.id.clone())
+    fn node(req: &DiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
     }
     fn name_count(req: &DiscoveryRequest) -> usize {
         req.resource_names.len()
@@ -180,8 +180,8 @@ impl Machine for DeltaStream {
     fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaDiscoveryResponse> {
         DeltaStream::on_snapshot(self, snap)
     }
-    fn node(req: &DeltaDiscoveryRequest) -> Option<String> {
-        req.node.as_ref().map(|n| n.id.clone())
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
     }
     fn name_count(req: &DeltaDiscoveryRequest) -> usize {
         req.resource_names_subscribe.len() + req.initial_resource_versions.len()
@@ -220,10 +220,11 @@ struct StreamMetrics {
     nacks: Counter,
     rejected: Counter,
     push_latency: Histogram,
+    nack_reasons: Arc<Metrics>,
 }
 
 impl StreamMetrics {
-    fn new(metrics: &Metrics, api: &'static str) -> Self {
+    fn new(metrics: &Arc<Metrics>, api: &'static str) -> Self {
         let labels = ApiLabels { api };
         Self {
             streams: metrics.streams.get_or_create(&labels).clone(),
@@ -233,6 +234,7 @@ impl StreamMetrics {
             nacks: metrics.nacks.get_or_create(&labels).clone(),
             rejected: metrics.rejected_requests.get_or_create(&labels).clone(),
             push_latency: metrics.push_latency.clone(),
+            nack_reasons: metrics.clone(),
         }
     }
 }
@@ -474,8 +476,13 @@ fn record<M: Machine>(
         Ack::Ack { .. } => {
             metrics.acks.inc();
         }
-        Ack::Nack { version, message } => {
+        Ack::Nack {
+            version,
+            message,
+            code,
+        } => {
             metrics.nacks.inc();
+            metrics.nack_reasons.nacked(api, *code);
             tracing::warn!(api, %version, %message, "client rejected a response (NACK); it is not resent");
         }
         Ack::UnsupportedType(type_url) => {
@@ -490,8 +497,8 @@ fn record<M: Machine>(
         Ack::None => {}
     }
     let mut info = entry.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(node) = M::node(request).filter(|n| !n.is_empty()) {
-        info.node = node;
+    if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
+        info.node = node.to_owned();
     }
     if M::changes_subscription(request, &info.names) {
         let (names, wildcard) = machine.subscription();
@@ -500,7 +507,9 @@ fn record<M: Machine>(
     }
     match ack {
         Ack::Ack { version } => info.acked = Some(version.clone()),
-        Ack::Nack { version, message } => {
+        Ack::Nack {
+            version, message, ..
+        } => {
             info.nacked = Some(version.clone());
             info.nack_message = Some(message.clone());
             info.nacks += 1;

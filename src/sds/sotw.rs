@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::encode::SdsSnapshot;
+use super::encode::{EncodedResource, SdsSnapshot};
 use super::{SECRET_TYPE_URL, accepts_type};
 use crate::bundle::content_version;
 
@@ -19,7 +19,12 @@ use crate::bundle::content_version;
 pub enum Ack {
     None,
     Ack { version: String },
-    Nack { version: String, message: String },
+    /// `code`: the gRPC status code in the client's `error_detail`.
+    Nack {
+        version: String,
+        message: String,
+        code: i32,
+    },
     Stale,
     UnsupportedType(String),
 }
@@ -30,8 +35,8 @@ pub struct SotwStream {
     wildcard: bool,
     /// name -> version in the last response.
     sent: BTreeMap<Arc<str>, Arc<str>>,
+    /// The nonce of the last response (`0`: none sent yet).
     nonce: u64,
-    last_nonce: Option<String>,
     started: bool,
     allow_empty_type: bool,
 }
@@ -67,12 +72,13 @@ impl SotwStream {
         if !accepts_type(&req.type_url, self.allow_empty_type) {
             return (Ack::UnsupportedType(req.type_url.clone()), None);
         }
-        let ack = match (&self.last_nonce, req.response_nonce.as_str()) {
-            (_, "") => Ack::None,
-            (Some(last), nonce) if last == nonce => match &req.error_detail {
+        let ack = match req.response_nonce.as_str() {
+            "" => Ack::None,
+            nonce if self.is_last_nonce(nonce) => match &req.error_detail {
                 Some(status) => Ack::Nack {
                     version: req.version_info.clone(),
                     message: status.message.clone(),
+                    code: status.code,
                 },
                 None => Ack::Ack {
                     version: req.version_info.clone(),
@@ -93,6 +99,11 @@ impl SotwStream {
         (ack, self.respond(snap))
     }
 
+    /// Whether `nonce` is the one of the last response, compared without allocating.
+    fn is_last_nonce(&self, nonce: &str) -> bool {
+        self.nonce > 0 && !nonce.starts_with('0') && nonce.parse::<u64>() == Ok(self.nonce)
+    }
+
     /// A new snapshot: a response if the subscribed content changed.
     pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
         if !self.started {
@@ -102,36 +113,49 @@ impl SotwStream {
     }
 
     fn respond(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
-        let view: BTreeMap<Arc<str>, &Arc<super::encode::EncodedResource>> = if self.wildcard {
-            snap.resources.iter().map(|(n, r)| (n.clone(), r)).collect()
+        // The subscribed resources that exist, in name order. `names` is sorted already; the
+        // wildcard view comes from a hash map and is sorted here.
+        let view: Vec<(&Arc<str>, &Arc<EncodedResource>)> = if self.wildcard {
+            let mut all: Vec<_> = snap.resources.iter().collect();
+            all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            all
         } else {
             self.names
                 .iter()
                 .filter_map(|n| snap.resources.get_key_value(n.as_str()))
-                .map(|(n, r)| (n.clone(), r))
                 .collect()
         };
-        let changed = view
-            .iter()
-            .any(|(n, r)| self.sent.get(n).is_none_or(|v| *v != r.version));
-        if !changed {
-            // Withdrawn names cannot be expressed in SotW for Secrets; forget them so their
-            // return is pushed.
-            self.sent.retain(|n, _| view.contains_key(n));
+        let unchanged = view.len() == self.sent.len()
+            && view
+                .iter()
+                .all(|(n, r)| self.sent.get(*n).is_some_and(|v| *v == r.version));
+        if unchanged {
             return None;
         }
-        self.sent = view
+        let changed = view
             .iter()
-            .map(|(n, r)| (n.clone(), r.version.clone()))
-            .collect();
+            .any(|(n, r)| self.sent.get(*n).is_none_or(|v| *v != r.version));
+        // Withdrawn names cannot be expressed in SotW for Secrets; forget them (so their
+        // return is pushed) without a response of their own.
+        self.sent
+            .retain(|n, _| view.binary_search_by(|(v, _)| v.as_ref().cmp(n.as_ref())).is_ok());
+        if !changed {
+            return None;
+        }
+        for (n, r) in &view {
+            match self.sent.get_mut(*n) {
+                Some(v) => v.clone_from(&r.version),
+                None => {
+                    self.sent.insert((*n).clone(), r.version.clone());
+                }
+            }
+        }
         self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        self.last_nonce = Some(nonce.clone());
         Some(DiscoveryResponse {
             version_info: self.version_info(),
-            resources: view.values().map(|r| r.any.clone()).collect(),
+            resources: view.iter().map(|(_, r)| r.any.clone()).collect(),
             type_url: SECRET_TYPE_URL.to_owned(),
-            nonce,
+            nonce: self.nonce.to_string(),
             ..Default::default()
         })
     }
