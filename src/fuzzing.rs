@@ -8,7 +8,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
@@ -98,7 +100,10 @@ fn snapshot(script: &mut Script) -> SdsSnapshot {
             type_url: SECRET_TYPE_URL.into(),
             value: name.as_bytes().to_vec(),
         };
-        resources.insert(Arc::from(*name), Arc::new(EncodedResource { version, any }));
+        resources.insert(
+            Arc::from(*name),
+            Arc::new(EncodedResource::new(name, version, any)),
+        );
     }
     SdsSnapshot {
         resources,
@@ -126,6 +131,15 @@ fn nonce(script: &mut Script, last: u64) -> String {
         1 | 2 => last.to_string(),
         _ => u64::from(script.byte()).to_string(),
     }
+}
+
+/// The message inside gRPC frames, checking the 5-byte prefix (uncompressed, length).
+fn wire_message(frames: &[bytes::Bytes]) -> Vec<u8> {
+    let all: Vec<u8> = frames.concat();
+    assert_eq!(all[0], 0, "uncompressed");
+    let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
+    assert_eq!(len, all.len() - 5, "the prefix gives the message length");
+    all[5..].to_vec()
 }
 
 /// Longest script run per input: keeps each fuzz iteration short.
@@ -169,7 +183,13 @@ pub fn sotw(data: &[u8]) {
                 stream.on_request(&req, &snap).1
             }
         };
-        let Some(r) = response else { continue };
+        let Some(wire) = response else { continue };
+        let r = wire.to_sotw();
+        assert_eq!(
+            DiscoveryResponse::decode(wire_message(&wire.frames(true)).as_slice()).expect("decodes"),
+            r,
+            "the wire bytes are the response"
+        );
         let nonce: u64 = r.nonce.parse().expect("numeric nonce");
         assert_eq!(nonce, last_nonce + 1, "nonces are consecutive");
         last_nonce = nonce;
@@ -237,7 +257,13 @@ pub fn delta(data: &[u8]) {
                 stream.on_request(&req, &snap).1
             }
         };
-        let Some(r) = response else { continue };
+        let Some(wire) = response else { continue };
+        let r = wire.to_delta();
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(wire_message(&wire.frames(false)).as_slice()).expect("decodes"),
+            r,
+            "the wire bytes are the response"
+        );
         let nonce: u64 = r.nonce.parse().expect("numeric nonce");
         assert_eq!(nonce, last_nonce + 1, "nonces are consecutive");
         last_nonce = nonce;

@@ -8,12 +8,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 
-use super::encode::SdsSnapshot;
+use super::encode::{SdsSnapshot, WireResponse};
 use super::sotw::Ack;
 use super::{SECRET_TYPE_URL, UnknownNamePolicy, accepts_type};
+
+/// A Delta response: this stream's fields (nonce, removed names) and the shared resources.
+pub type DeltaResponse = WireResponse<DeltaDiscoveryResponse>;
 
 #[derive(Debug, Default)]
 pub struct DeltaStream {
@@ -54,7 +57,7 @@ impl DeltaStream {
         &mut self,
         req: &DeltaDiscoveryRequest,
         snap: &SdsSnapshot,
-    ) -> (Ack, Option<DeltaDiscoveryResponse>) {
+    ) -> (Ack, Option<DeltaResponse>) {
         if !accepts_type(&req.type_url, self.allow_empty_type) {
             return (Ack::UnsupportedType(req.type_url.clone()), None);
         }
@@ -99,14 +102,14 @@ impl DeltaStream {
         (ack, self.respond(snap))
     }
 
-    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
         if !self.started {
             return None;
         }
         self.respond(snap)
     }
 
-    fn respond(&mut self, snap: &SdsSnapshot) -> Option<DeltaDiscoveryResponse> {
+    fn respond(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let mut consider = |name: &str, this: &mut Self| match snap.resources.get(name) {
@@ -120,12 +123,7 @@ impl DeltaStream {
                         }
                     }
                     this.answered_missing.remove(name);
-                    resources.push(Resource {
-                        name: name.to_owned(),
-                        version: r.version.to_string(),
-                        resource: Some(r.any.clone()),
-                        ..Default::default()
-                    });
+                    resources.push(r.clone());
                 }
             }
             None => {
@@ -160,13 +158,14 @@ impl DeltaStream {
             return None;
         }
         self.nonce += 1;
-        Some(DeltaDiscoveryResponse {
-            system_version_info: String::new(),
+        Some(WireResponse {
+            head: DeltaDiscoveryResponse {
+                type_url: SECRET_TYPE_URL.to_owned(),
+                removed_resources: removed,
+                nonce: self.nonce.to_string(),
+                ..Default::default()
+            },
             resources,
-            type_url: SECRET_TYPE_URL.to_owned(),
-            removed_resources: removed,
-            nonce: self.nonce.to_string(),
-            ..Default::default()
         })
     }
 }

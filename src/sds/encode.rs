@@ -9,6 +9,10 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifie
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, secret,
 };
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::watch;
@@ -34,11 +38,109 @@ pub fn to_secret(name: &str, bundle: &TrustBundle) -> Secret {
     }
 }
 
-/// One resource, ready to put in any response.
+/// One resource, encoded once per version and shared by every stream: as an `Any`, and as
+/// the ready-made `resources` field of a SotW and of a Delta response, which the transport
+/// writes as they are (zero copy) after each stream's own few fields.
 #[derive(Debug)]
 pub struct EncodedResource {
+    pub name: Arc<str>,
     pub version: Arc<str>,
     pub any: Any,
+    /// Field 2 of `DiscoveryResponse`: key, length, the `Any`.
+    pub sotw_field: Bytes,
+    /// Field 2 of `DeltaDiscoveryResponse`: key, length, a `Resource` (name, version, `Any`).
+    pub delta_field: Bytes,
+}
+
+impl EncodedResource {
+    pub fn new(name: &str, version: Arc<str>, any: Any) -> Self {
+        let mut sotw = Vec::with_capacity(any.encoded_len() + 8);
+        prost::encoding::message::encode(SOTW_RESOURCES_FIELD, &any, &mut sotw);
+        let resource = Resource {
+            name: name.to_owned(),
+            version: version.to_string(),
+            resource: Some(any),
+            ..Default::default()
+        };
+        let mut delta = Vec::with_capacity(resource.encoded_len() + 8);
+        prost::encoding::message::encode(DELTA_RESOURCES_FIELD, &resource, &mut delta);
+        Self {
+            name: Arc::from(name),
+            version,
+            any: resource.resource.unwrap_or_default(),
+            sotw_field: Bytes::from(sotw),
+            delta_field: Bytes::from(delta),
+        }
+    }
+}
+
+/// `DiscoveryResponse.resources` and `DeltaDiscoveryResponse.resources`.
+const SOTW_RESOURCES_FIELD: u32 = 2;
+const DELTA_RESOURCES_FIELD: u32 = 2;
+
+/// A response as a stream sends it: its own fields (`head`, with no resources) and the
+/// shared resources. Protobuf allows fields in any order and repeated fields to be split, so
+/// `head` bytes followed by each resource's pre-encoded field is the same message as the
+/// prost one [`WireResponse::to_sotw`] / [`WireResponse::to_delta`] build.
+#[derive(Debug, Clone)]
+pub struct WireResponse<H> {
+    pub head: H,
+    pub resources: Vec<Arc<EncodedResource>>,
+}
+
+impl<H: Message> WireResponse<H> {
+    /// The gRPC message frames: a 5-byte prefix (uncompressed, length) with the head, then
+    /// each resource's shared bytes.
+    pub fn frames(&self, sotw: bool) -> Vec<Bytes> {
+        let field = |r: &EncodedResource| {
+            if sotw {
+                r.sotw_field.clone()
+            } else {
+                r.delta_field.clone()
+            }
+        };
+        let head_len = self.head.encoded_len();
+        let total = head_len + self.resources.iter().map(|r| field(r).len()).sum::<usize>();
+        let mut first = Vec::with_capacity(5 + head_len);
+        first.push(0);
+        first.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = self.head.encode(&mut first);
+        let mut frames = Vec::with_capacity(1 + self.resources.len());
+        frames.push(Bytes::from(first));
+        frames.extend(self.resources.iter().map(|r| field(r)));
+        frames
+    }
+}
+
+impl WireResponse<DiscoveryResponse> {
+    /// The whole message as a prost value (FetchSecrets, tests).
+    pub fn to_sotw(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            resources: self.resources.iter().map(|r| r.any.clone()).collect(),
+            ..self.head.clone()
+        }
+    }
+}
+
+impl WireResponse<DeltaDiscoveryResponse> {
+    /// The whole message as a prost value (tests).
+    pub fn to_delta(&self) -> DeltaDiscoveryResponse {
+        let resources = self
+            .resources
+            .iter()
+            .map(|r| Resource {
+                name: r.name.to_string(),
+                version: r.version.to_string(),
+                resource: Some(r.any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        DeltaDiscoveryResponse {
+            resources,
+            ..self.head.clone()
+        }
+    }
 }
 
 /// What every stream reads: the encoded resources and when they were published.
@@ -70,13 +172,14 @@ impl SdsSnapshot {
                     .filter(|r| &*r.version == bundle.version())
                     .cloned();
                 let encoded = reused.unwrap_or_else(|| {
-                    Arc::new(EncodedResource {
-                        version: Arc::from(bundle.version()),
-                        any: Any {
+                    Arc::new(EncodedResource::new(
+                        name,
+                        Arc::from(bundle.version()),
+                        Any {
                             type_url: SECRET_TYPE_URL.to_owned(),
                             value: to_secret(name, bundle).encode_to_vec(),
                         },
-                    })
+                    ))
                 });
                 (name.clone(), encoded)
             })

@@ -4,22 +4,20 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use futures::Stream;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use super::SdsOptions;
 use super::clients::{ClientEntry, ClientInfo, ClientRegistry};
 use super::connection::PeerKeys;
-use super::delta::DeltaStream;
+use super::delta::{DeltaResponse, DeltaStream};
 use super::encode::SdsSnapshot;
 use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
-use super::sotw::{Ack, SotwStream};
+use super::sotw::{Ack, SotwResponse, SotwStream};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
 use crate::metrics::{ApiLabels, Metrics};
@@ -71,7 +69,7 @@ impl SdsServer {
         api: &'static str,
         machine: M,
         request: Request<Streaming<M::Req>>,
-    ) -> Result<Response<ResponseStream<M::Resp>>, Status> {
+    ) -> Result<ResponseStream<M::Resp>, Status> {
         let identities = peer_identities(&request);
         let keys = PeerKeys::of(&request, &identities);
         let admitted = match self.inner.streams.admit(&keys.connection, &keys.client) {
@@ -95,7 +93,7 @@ impl SdsServer {
             let item = stream.next().await?;
             Some((item, stream))
         });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Box::pin(responses))
     }
 }
 
@@ -109,7 +107,8 @@ pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A stream's responses; an error status ends it.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream's protocol state machine.
 trait Machine: Send + 'static {
@@ -130,15 +129,15 @@ trait Machine: Send + 'static {
 
 impl Machine for SotwStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = SotwResponse;
     fn on_request(
         &mut self,
         req: &DiscoveryRequest,
         snap: &SdsSnapshot,
-    ) -> (Ack, Option<DiscoveryResponse>) {
+    ) -> (Ack, Option<SotwResponse>) {
         SotwStream::on_request(self, req, snap)
     }
-    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
         SotwStream::on_snapshot(self, snap)
     }
     fn node(req: &DiscoveryRequest) -> Option<&str> {
@@ -162,22 +161,22 @@ impl Machine for SotwStream {
             self.is_wildcard(),
         )
     }
-    fn resource_count(resp: &DiscoveryResponse) -> usize {
+    fn resource_count(resp: &SotwResponse) -> usize {
         resp.resources.len()
     }
 }
 
 impl Machine for DeltaStream {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
+    type Resp = DeltaResponse;
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
         snap: &SdsSnapshot,
-    ) -> (Ack, Option<DeltaDiscoveryResponse>) {
+    ) -> (Ack, Option<DeltaResponse>) {
         DeltaStream::on_request(self, req, snap)
     }
-    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
         DeltaStream::on_snapshot(self, snap)
     }
     fn node(req: &DeltaDiscoveryRequest) -> Option<&str> {
@@ -206,8 +205,8 @@ impl Machine for DeltaStream {
             self.is_wildcard(),
         )
     }
-    fn resource_count(resp: &DeltaDiscoveryResponse) -> usize {
-        resp.resources.len() + resp.removed_resources.len()
+    fn resource_count(resp: &DeltaResponse) -> usize {
+        resp.resources.len() + resp.head.removed_resources.len()
     }
 }
 
@@ -518,30 +517,31 @@ fn record<M: Machine>(
     }
 }
 
-#[tonic::async_trait]
-impl SecretDiscoveryService for SdsServer {
-    type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
-    type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
-
-    async fn delta_secrets(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let machine = DeltaStream::new(self.inner.options.unknown_names, true);
-        self.open("delta", machine, request)
-    }
-
-    async fn stream_secrets(
+/// The discovery methods, called by the gRPC routing in [`super::grpc`].
+impl SdsServer {
+    /// `StreamSecrets` (SDS) or `StreamAggregatedResources` (ADS, `ads`).
+    pub fn stream_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        self.open("sotw", SotwStream::new(true), request)
+        ads: bool,
+    ) -> Result<ResponseStream<SotwResponse>, Status> {
+        let api = if ads { "ads" } else { "sotw" };
+        self.open(api, SotwStream::new(!ads), request)
     }
 
-    async fn fetch_secrets(
+    /// `DeltaSecrets` (SDS) or `DeltaAggregatedResources` (ADS, `ads`).
+    pub fn stream_delta(
         &self,
-        request: Request<DiscoveryRequest>,
-    ) -> Result<Response<DiscoveryResponse>, Status> {
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        ads: bool,
+    ) -> Result<ResponseStream<DeltaResponse>, Status> {
+        let api = if ads { "ads-delta" } else { "delta" };
+        let machine = DeltaStream::new(self.inner.options.unknown_names, !ads);
+        self.open(api, machine, request)
+    }
+
+    /// `FetchSecrets`: the current bundles of the named resources, once.
+    pub fn fetch(&self, request: Request<DiscoveryRequest>) -> Result<DiscoveryResponse, Status> {
         let identities = peer_identities(&request);
         let req = request.into_inner();
         if let Some(authz) = &self.inner.options.authz {
@@ -565,35 +565,15 @@ impl SecretDiscoveryService for SdsServer {
         let snap = self.inner.snapshots.borrow().clone();
         let mut stream = SotwStream::new(true);
         match stream.on_request(&req, &snap).1 {
-            Some(mut response) => {
+            Some(response) => {
+                let mut response = response.to_sotw();
                 response.nonce.clear();
-                Ok(Response::new(response))
+                Ok(response)
             }
             None => Err(Status::not_found(format!(
                 "no bundle is served for {}",
                 req.resource_names.join(", ")
             ))),
         }
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for SdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open("ads", SotwStream::new(false), request)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let machine = DeltaStream::new(self.inner.options.unknown_names, false);
-        self.open("ads-delta", machine, request)
     }
 }

@@ -10,9 +10,12 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::encode::{EncodedResource, SdsSnapshot};
+use super::encode::{EncodedResource, SdsSnapshot, WireResponse};
 use super::{SECRET_TYPE_URL, accepts_type};
 use crate::bundle::content_version;
+
+/// A SotW response: this stream's fields and the shared resources.
+pub type SotwResponse = WireResponse<DiscoveryResponse>;
 
 /// What a request meant, for logs, metrics and the client registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +71,7 @@ impl SotwStream {
         &mut self,
         req: &DiscoveryRequest,
         snap: &SdsSnapshot,
-    ) -> (Ack, Option<DiscoveryResponse>) {
+    ) -> (Ack, Option<SotwResponse>) {
         if !accepts_type(&req.type_url, self.allow_empty_type) {
             return (Ack::UnsupportedType(req.type_url.clone()), None);
         }
@@ -105,14 +108,14 @@ impl SotwStream {
     }
 
     /// A new snapshot: a response if the subscribed content changed.
-    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
         if !self.started {
             return None;
         }
         self.respond(snap)
     }
 
-    fn respond(&mut self, snap: &SdsSnapshot) -> Option<DiscoveryResponse> {
+    fn respond(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
         // The subscribed resources that exist, in name order. `names` is sorted already; the
         // wildcard view comes from a hash map and is sorted here.
         let view: Vec<(&Arc<str>, &Arc<EncodedResource>)> = if self.wildcard {
@@ -151,12 +154,14 @@ impl SotwStream {
             }
         }
         self.nonce += 1;
-        Some(DiscoveryResponse {
-            version_info: self.version_info(),
-            resources: view.iter().map(|(_, r)| r.any.clone()).collect(),
-            type_url: SECRET_TYPE_URL.to_owned(),
-            nonce: self.nonce.to_string(),
-            ..Default::default()
+        Some(WireResponse {
+            head: DiscoveryResponse {
+                version_info: self.version_info(),
+                type_url: SECRET_TYPE_URL.to_owned(),
+                nonce: self.nonce.to_string(),
+                ..Default::default()
+            },
+            resources: view.into_iter().map(|(_, r)| r.clone()).collect(),
         })
     }
 
