@@ -502,7 +502,8 @@ fn main() {
     } else {
         &[(1_000, 10), (10_000, 100)]
     };
-    // FANOUT_ONLY="10000,100,2048,trust-sds" runs one case of one server (for profiling).
+    // FANOUT_ONLY="10000,100,2048,trust-sds" runs one case of one server (for profiling);
+    // "both" in the last place runs the case for both servers.
     let only: Option<Vec<String>> = std::env::var("FANOUT_ONLY")
         .ok()
         .map(|o| o.split(',').map(str::to_owned).collect());
@@ -511,7 +512,7 @@ fn main() {
             o[0] == streams.to_string()
                 && o[1] == connections.to_string()
                 && o[2] == bundle.to_string()
-                && o[3] == kind
+                && (o[3] == kind || o[3] == "both")
         })
     };
     for &(streams, connections) in cases {

@@ -74,6 +74,10 @@ impl EncodedResource {
     }
 }
 
+/// Responses up to this size are copied into one frame; larger ones are sent as the head
+/// frame plus the shared resource bytes.
+const COALESCE_BELOW: usize = 4096;
+
 /// `DiscoveryResponse.resources` and `DeltaDiscoveryResponse.resources`.
 const SOTW_RESOURCES_FIELD: u32 = 2;
 const DELTA_RESOURCES_FIELD: u32 = 2;
@@ -106,6 +110,13 @@ impl<H: Message> WireResponse<H> {
         first.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
         // Writing into a Vec cannot fail.
         let _ = self.head.encode(&mut first);
+        if total <= COALESCE_BELOW {
+            // Small: one frame costs the transport less than the copy saves.
+            for r in &self.resources {
+                first.extend_from_slice(&field(r));
+            }
+            return vec![Bytes::from(first)];
+        }
         let mut frames = Vec::with_capacity(1 + self.resources.len());
         frames.push(Bytes::from(first));
         frames.extend(self.resources.iter().map(|r| field(r)));
