@@ -91,6 +91,15 @@ impl SotwStream {
         };
         let first = !self.started;
         self.started = true;
+        // The common request is an ACK on a one-name stream (Envoy opens a stream per secret)
+        // repeating its subscription: nothing to rebuild.
+        let unchanged = !first
+            && !self.wildcard
+            && self.names.len() == 1
+            && matches!(req.resource_names.as_slice(), [n] if self.names.contains(n));
+        if unchanged {
+            return (ack, self.respond(snap));
+        }
         let requested: BTreeSet<String> = req.resource_names.iter().cloned().collect();
         self.wildcard = requested.contains("*")
             || (first && requested.is_empty())
