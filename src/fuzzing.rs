@@ -186,7 +186,8 @@ pub fn sotw(data: &[u8]) {
         let Some(wire) = response else { continue };
         let r = wire.to_sotw();
         assert_eq!(
-            DiscoveryResponse::decode(wire_message(&wire.frames(true)).as_slice()).expect("decodes"),
+            DiscoveryResponse::decode(wire_message(&wire.frames(true)).as_slice())
+                .expect("decodes"),
             r,
             "the wire bytes are the response"
         );
@@ -260,7 +261,8 @@ pub fn delta(data: &[u8]) {
         let Some(wire) = response else { continue };
         let r = wire.to_delta();
         assert_eq!(
-            DeltaDiscoveryResponse::decode(wire_message(&wire.frames(false)).as_slice()).expect("decodes"),
+            DeltaDiscoveryResponse::decode(wire_message(&wire.frames(false)).as_slice())
+                .expect("decodes"),
             r,
             "the wire bytes are the response"
         );

@@ -76,7 +76,10 @@ async fn admin_endpoints_report_health_metrics_and_views() {
         .find_map(|l| l.strip_prefix("trust_sds_source_lag_seconds_count "))
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
-    assert!(lag_samples >= 1, "the applied objects were timed: {metrics}");
+    assert!(
+        lag_samples >= 1,
+        "the applied objects were timed: {metrics}"
+    );
 
     let mut c = SotwClient::open(&server).await;
     c.request(&["team/a"]).await;

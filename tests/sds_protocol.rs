@@ -173,11 +173,9 @@ async fn sotw_nack_is_recorded_not_resent_and_next_change_pushed() {
         2
     );
     assert!(
-        server
-            .running
-            .metrics
-            .render()
-            .contains("trust_sds_sds_nacks_by_reason_total{api=\"sotw\",reason=\"InvalidArgument\"} 2"),
+        server.running.metrics.render().contains(
+            "trust_sds_sds_nacks_by_reason_total{api=\"sotw\",reason=\"InvalidArgument\"} 2"
+        ),
         "NACKs counted by the gRPC code of their error_detail"
     );
     let clients = server.running.clients.list();

@@ -242,8 +242,8 @@ where
             "DeltaSecrets" => streaming(req, max, false, |r| server.stream_delta(r, false)),
             "FetchSecrets" => {
                 return Box::pin(async move {
-                    let mut grpc = Grpc::new(SmallBufferCodec)
-                        .apply_max_message_size_config(Some(max), None);
+                    let mut grpc =
+                        Grpc::new(SmallBufferCodec).apply_max_message_size_config(Some(max), None);
                     Ok(grpc.unary(Fetch(server), req).await)
                 });
             }
@@ -275,11 +275,12 @@ where
                     server.stream_sotw(r, true)
                 })
             }
-            "DeltaAggregatedResources" => {
-                streaming(req, max, false, |r: Request<Streaming<DeltaDiscoveryRequest>>| {
-                    server.stream_delta(r, true)
-                })
-            }
+            "DeltaAggregatedResources" => streaming(
+                req,
+                max,
+                false,
+                |r: Request<Streaming<DeltaDiscoveryRequest>>| server.stream_delta(r, true),
+            ),
             _ => unimplemented_method(),
         };
         Box::pin(async move { Ok(response) })

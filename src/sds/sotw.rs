@@ -21,7 +21,9 @@ pub type SotwResponse = WireResponse<DiscoveryResponse>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
     None,
-    Ack { version: String },
+    Ack {
+        version: String,
+    },
     /// `code`: the gRPC status code in the client's `error_detail`.
     Nack {
         version: String,
@@ -149,8 +151,10 @@ impl SotwStream {
             .any(|(n, r)| self.sent.get(*n).is_none_or(|v| *v != r.version));
         // Withdrawn names cannot be expressed in SotW for Secrets; forget them (so their
         // return is pushed) without a response of their own.
-        self.sent
-            .retain(|n, _| view.binary_search_by(|(v, _)| v.as_ref().cmp(n.as_ref())).is_ok());
+        self.sent.retain(|n, _| {
+            view.binary_search_by(|(v, _)| v.as_ref().cmp(n.as_ref()))
+                .is_ok()
+        });
         if !changed {
             return None;
         }
