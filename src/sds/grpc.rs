@@ -181,30 +181,18 @@ fn unimplemented_method() -> HttpResponse {
     Status::unimplemented("this server serves Secrets only").into_http()
 }
 
-/// `envoy.service.secret.v3.SecretDiscoveryService`.
+/// A discovery service: `envoy.service.secret.v3.SecretDiscoveryService` ([`SdsGrpc`]) or
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` for Secrets ([`AdsGrpc`]).
 #[derive(Clone)]
-pub struct SdsGrpc {
+pub struct DiscoveryGrpc<const ADS: bool> {
     server: SdsServer,
     max_request_bytes: usize,
 }
 
-/// `envoy.service.discovery.v3.AggregatedDiscoveryService` (Secrets only).
-#[derive(Clone)]
-pub struct AdsGrpc {
-    server: SdsServer,
-    max_request_bytes: usize,
-}
+pub type SdsGrpc = DiscoveryGrpc<false>;
+pub type AdsGrpc = DiscoveryGrpc<true>;
 
-impl SdsGrpc {
-    pub fn new(server: SdsServer, max_request_bytes: usize) -> Self {
-        Self {
-            server,
-            max_request_bytes,
-        }
-    }
-}
-
-impl AdsGrpc {
+impl<const ADS: bool> DiscoveryGrpc<ADS> {
     pub fn new(server: SdsServer, max_request_bytes: usize) -> Self {
         Self {
             server,
@@ -221,7 +209,7 @@ impl NamedService for AdsGrpc {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for SdsGrpc
+impl<B, const ADS: bool> tonic::codegen::Service<http::Request<B>> for DiscoveryGrpc<ADS>
 where
     B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
@@ -237,50 +225,26 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let server = self.server.clone();
         let max = self.max_request_bytes;
-        let response = match req.uri().path().rsplit('/').next().unwrap_or_default() {
-            "StreamSecrets" => streaming(req, max, true, |r| server.stream_sotw(r, false)),
-            "DeltaSecrets" => streaming(req, max, false, |r| server.stream_delta(r, false)),
-            "FetchSecrets" => {
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let response = match (ADS, method) {
+            (false, "StreamSecrets") | (true, "StreamAggregatedResources") => {
+                streaming(req, max, true, |r: Request<Streaming<DiscoveryRequest>>| {
+                    server.stream_sotw(r, ADS)
+                })
+            }
+            (false, "DeltaSecrets") | (true, "DeltaAggregatedResources") => streaming(
+                req,
+                max,
+                false,
+                |r: Request<Streaming<DeltaDiscoveryRequest>>| server.stream_delta(r, ADS),
+            ),
+            (false, "FetchSecrets") => {
                 return Box::pin(async move {
                     let mut grpc =
                         Grpc::new(SmallBufferCodec).apply_max_message_size_config(Some(max), None);
                     Ok(grpc.unary(Fetch(server), req).await)
                 });
             }
-            _ => unimplemented_method(),
-        };
-        Box::pin(async move { Ok(response) })
-    }
-}
-
-impl<B> tonic::codegen::Service<http::Request<B>> for AdsGrpc
-where
-    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<HttpResponse, Infallible>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let server = self.server.clone();
-        let max = self.max_request_bytes;
-        let response = match req.uri().path().rsplit('/').next().unwrap_or_default() {
-            "StreamAggregatedResources" => {
-                streaming(req, max, true, |r: Request<Streaming<DiscoveryRequest>>| {
-                    server.stream_sotw(r, true)
-                })
-            }
-            "DeltaAggregatedResources" => streaming(
-                req,
-                max,
-                false,
-                |r: Request<Streaming<DeltaDiscoveryRequest>>| server.stream_delta(r, true),
-            ),
             _ => unimplemented_method(),
         };
         Box::pin(async move { Ok(response) })
