@@ -53,6 +53,15 @@ pub struct EncodedResource {
 }
 
 impl EncodedResource {
+    /// The ready-made `resources` field for a SotW or a Delta response.
+    fn field(&self, sotw: bool) -> &Bytes {
+        if sotw {
+            &self.sotw_field
+        } else {
+            &self.delta_field
+        }
+    }
+
     pub fn new(name: &str, version: Arc<str>, any: Any) -> Self {
         let mut sotw = Vec::with_capacity(any.encoded_len() + 8);
         prost::encoding::message::encode(SOTW_RESOURCES_FIELD, &any, &mut sotw);
@@ -96,30 +105,29 @@ impl<H: Message> WireResponse<H> {
     /// The gRPC message frames: a 5-byte prefix (uncompressed, length) with the head, then
     /// each resource's shared bytes.
     pub fn frames(&self, sotw: bool) -> Vec<Bytes> {
-        let field = |r: &EncodedResource| {
-            if sotw {
-                r.sotw_field.clone()
-            } else {
-                r.delta_field.clone()
-            }
-        };
         let head_len = self.head.encoded_len();
-        let total = head_len + self.resources.iter().map(|r| field(r).len()).sum::<usize>();
-        let mut first = Vec::with_capacity(5 + head_len);
+        let total = head_len
+            + self
+                .resources
+                .iter()
+                .map(|r| r.field(sotw).len())
+                .sum::<usize>();
+        // Small: one frame costs the transport less than the copy saves.
+        let coalesce = total <= COALESCE_BELOW;
+        let mut first = Vec::with_capacity(5 + if coalesce { total } else { head_len });
         first.push(0);
         first.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
         // Writing into a Vec cannot fail.
         let _ = self.head.encode(&mut first);
-        if total <= COALESCE_BELOW {
-            // Small: one frame costs the transport less than the copy saves.
+        if coalesce {
             for r in &self.resources {
-                first.extend_from_slice(&field(r));
+                first.extend_from_slice(r.field(sotw));
             }
             return vec![Bytes::from(first)];
         }
         let mut frames = Vec::with_capacity(1 + self.resources.len());
         frames.push(Bytes::from(first));
-        frames.extend(self.resources.iter().map(|r| field(r)));
+        frames.extend(self.resources.iter().map(|r| r.field(sotw).clone()));
         frames
     }
 }

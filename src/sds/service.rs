@@ -219,11 +219,10 @@ struct StreamMetrics {
     nacks: Counter,
     rejected: Counter,
     push_latency: Histogram,
-    nack_reasons: Arc<Metrics>,
 }
 
 impl StreamMetrics {
-    fn new(metrics: &Arc<Metrics>, api: &'static str) -> Self {
+    fn new(metrics: &Metrics, api: &'static str) -> Self {
         let labels = ApiLabels { api };
         Self {
             streams: metrics.streams.get_or_create(&labels).clone(),
@@ -233,7 +232,6 @@ impl StreamMetrics {
             nacks: metrics.nacks.get_or_create(&labels).clone(),
             rejected: metrics.rejected_requests.get_or_create(&labels).clone(),
             push_latency: metrics.push_latency.clone(),
-            nack_reasons: metrics.clone(),
         }
     }
 }
@@ -400,6 +398,55 @@ impl<M: Machine> SdsStream<M> {
         }
     }
 
+    /// Logs, counts and records in the client registry what a request meant.
+    fn record(&self, request: &M::Req, ack: &Ack) {
+        let (metrics, api, machine) = (&self.metrics, self.api, &self.machine);
+        match ack {
+            Ack::Ack { .. } => {
+                metrics.acks.inc();
+            }
+            Ack::Nack {
+                version,
+                message,
+                code,
+            } => {
+                metrics.nacks.inc();
+                self.inner.metrics.nacked(api, *code);
+                tracing::warn!(api, %version, %message, "client rejected a response (NACK); it is not resent");
+            }
+            Ack::UnsupportedType(type_url) => {
+                metrics.rejected.inc();
+                tracing::warn!(api, %type_url, "request for an unsupported type ignored; this server serves Secrets only");
+                return;
+            }
+            Ack::Stale => {
+                tracing::debug!(api, "request with a stale nonce ignored");
+                return;
+            }
+            Ack::None => {}
+        }
+        let mut info = self.entry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
+            info.node = node.to_owned();
+        }
+        if M::changes_subscription(request, &info.names) {
+            let (names, wildcard) = machine.subscription();
+            info.names = names;
+            info.wildcard = wildcard;
+        }
+        match ack {
+            Ack::Ack { version } => info.acked = Some(version.clone()),
+            Ack::Nack {
+                version, message, ..
+            } => {
+                info.nacked = Some(version.clone());
+                info.nack_message = Some(message.clone());
+                info.nacks += 1;
+            }
+            _ => {}
+        }
+    }
+
     fn on_request(&mut self, request: M::Req) -> Step<M::Resp> {
         let api = self.api;
         if !self.budget.admit() {
@@ -447,73 +494,12 @@ impl<M: Machine> SdsStream<M> {
         }
         let snap = self.snapshots.borrow_and_update().clone();
         let (ack, response) = self.machine.on_request(&request, &snap);
-        record(
-            &self.metrics,
-            api,
-            &self.entry,
-            &self.machine,
-            &request,
-            &ack,
-        );
+        self.record(&request, &ack);
         // Answers to requests are not pushes: no latency sample.
         match response {
             Some(r) => Step::Respond(r, None),
             None => Step::Quiet,
         }
-    }
-}
-
-fn record<M: Machine>(
-    metrics: &StreamMetrics,
-    api: &'static str,
-    entry: &ClientEntry,
-    machine: &M,
-    request: &M::Req,
-    ack: &Ack,
-) {
-    match ack {
-        Ack::Ack { .. } => {
-            metrics.acks.inc();
-        }
-        Ack::Nack {
-            version,
-            message,
-            code,
-        } => {
-            metrics.nacks.inc();
-            metrics.nack_reasons.nacked(api, *code);
-            tracing::warn!(api, %version, %message, "client rejected a response (NACK); it is not resent");
-        }
-        Ack::UnsupportedType(type_url) => {
-            metrics.rejected.inc();
-            tracing::warn!(api, %type_url, "request for an unsupported type ignored; this server serves Secrets only");
-            return;
-        }
-        Ack::Stale => {
-            tracing::debug!(api, "request with a stale nonce ignored");
-            return;
-        }
-        Ack::None => {}
-    }
-    let mut info = entry.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
-        info.node = node.to_owned();
-    }
-    if M::changes_subscription(request, &info.names) {
-        let (names, wildcard) = machine.subscription();
-        info.names = names;
-        info.wildcard = wildcard;
-    }
-    match ack {
-        Ack::Ack { version } => info.acked = Some(version.clone()),
-        Ack::Nack {
-            version, message, ..
-        } => {
-            info.nacked = Some(version.clone());
-            info.nack_message = Some(message.clone());
-            info.nacks += 1;
-        }
-        _ => {}
     }
 }
 
