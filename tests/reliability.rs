@@ -160,48 +160,9 @@ async fn garbage_connections_and_half_closed_streams_harm_no_one() {
     good.request(&["team/a"]).await;
     let first = good.recv(&["team/a"]).await;
 
-    // Not HTTP/2 at all, then an HTTP/2 preface followed by junk frames.
-    for junk in [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff garbage".to_vec(),
-        [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
-            &[0xffu8; 64],
-        ]
-        .concat(),
-    ] {
-        let mut raw = tokio::net::TcpStream::connect(server.running.sds_addr)
-            .await
-            .unwrap();
-        raw.write_all(&junk).await.unwrap();
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(
-            support::sds::TIMEOUT,
-            tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
-        )
-        .await
-        .expect("server closes the connection");
-    }
-
+    garbage_connections(&server).await;
     // A client that half-closes after one request: its stream ends and its state is freed.
-    let mut sds = server.sds().await;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(DiscoveryRequest {
-        resource_names: vec!["team/a".into()],
-        type_url: SECRET_TYPE_URL.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    drop(tx);
-    let mut half = sds
-        .stream_secrets(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Ok(Some(_)) = tokio::time::timeout(support::sds::TIMEOUT, half.message())
-        .await
-        .unwrap()
-    {}
+    half_closed_stream(server.sds().await).await;
     server
         .wait_for_client("only the good stream left", |_| {
             server.running.clients.len() == 1
@@ -561,10 +522,9 @@ async fn unix_socket_connections_are_counted_one_by_one() {
     b.recv(&["team/a"]).await;
 }
 
-/// One round of everything hostile a client can do; returns when the server has forgotten
-/// every stream of it.
-async fn hostile_round(server: &TestServer, round: usize) {
-    // Garbage instead of HTTP/2, then a preface followed by junk frames.
+/// Connections that are not HTTP/2 at all, or an HTTP/2 preface followed by junk frames:
+/// the server closes them.
+async fn garbage_connections(server: &TestServer) {
     for junk in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff garbage".to_vec(),
         [
@@ -585,6 +545,34 @@ async fn hostile_round(server: &TestServer, round: usize) {
         .await
         .expect("server closes the connection");
     }
+}
+
+/// A stream that sends one request and half-closes; returns when the server ended it.
+async fn half_closed_stream(mut sds: SecretDiscoveryServiceClient<tonic::transport::Channel>) {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        resource_names: vec!["team/a".into()],
+        type_url: SECRET_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut half = sds
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(_)) = tokio::time::timeout(support::sds::TIMEOUT, half.message())
+        .await
+        .unwrap()
+    {}
+}
+
+/// One round of everything hostile a client can do; returns when the server has forgotten
+/// every stream of it.
+async fn hostile_round(server: &TestServer, round: usize) {
+    garbage_connections(server).await;
     let sds = server.sds().await;
     // Two streams that fit, one refused by the per-connection limit, then all dropped
     // abruptly with their connection.
@@ -606,25 +594,7 @@ async fn hostile_round(server: &TestServer, round: usize) {
     drop(sds);
     // A half-closed stream, a flood cut by the rate limit, and an oversized request.
     let sds = server.sds().await;
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(DiscoveryRequest {
-        resource_names: vec!["team/a".into()],
-        type_url: SECRET_TYPE_URL.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    drop(tx);
-    let mut half = sds
-        .clone()
-        .stream_secrets(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Ok(Some(_)) = tokio::time::timeout(support::sds::TIMEOUT, half.message())
-        .await
-        .unwrap()
-    {}
+    half_closed_stream(sds.clone()).await;
     let (tx, rx) = mpsc::channel(64);
     for i in 0..20 {
         tx.send(held(round * 100 + i)).await.unwrap();
@@ -656,7 +626,7 @@ async fn hostile_round(server: &TestServer, round: usize) {
         matches!(refused, Ok(Err(_))),
         "the oversized request is refused"
     );
-    drop((half, flood, big, sds));
+    drop((flood, big, sds));
     server
         .wait_for_client("every hostile stream is forgotten", |_| {
             server.running.clients.len() == 1
