@@ -83,6 +83,12 @@ fn spawn_stdin() -> mpsc::Receiver<String> {
     rx
 }
 
+/// The next `rotate <i>` command from the parent; `None` when stdin closes or says else.
+async fn next_rotation(stdin: &mut mpsc::Receiver<String>) -> Option<usize> {
+    let line = stdin.recv().await?;
+    line.strip_prefix("rotate ")?.parse().ok()
+}
+
 fn say(line: String) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -142,13 +148,7 @@ async fn trust_sds_child(
         registrations + 1
     ));
     say(format!("ready {}", running.sds_addr));
-    while let Some(line) = stdin.recv().await {
-        let Some(i) = line
-            .strip_prefix("rotate ")
-            .and_then(|i| i.parse::<usize>().ok())
-        else {
-            break;
-        };
+    while let Some(i) = next_rotation(&mut stdin).await {
         events
             .send(SourceEvent::Apply(ca_secret(
                 "bench",
@@ -249,13 +249,7 @@ async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>)
     );
     say("cold_start_us 0 0".into());
     say(format!("ready {addr}"));
-    while let Some(line) = stdin.recv().await {
-        let Some(i) = line
-            .strip_prefix("rotate ")
-            .and_then(|i| i.parse::<usize>().ok())
-        else {
-            break;
-        };
+    while let Some(i) = next_rotation(&mut stdin).await {
         tx.send_replace(encode(i));
     }
 }

@@ -293,6 +293,28 @@ fn limit_rejections(server: &TestServer, limit: &str) -> String {
         .unwrap_or_else(|| "0".to_owned())
 }
 
+/// A SotW stream on `sds`'s connection that subscribed to team/a and got it.
+async fn serving_stream(
+    sds: &SecretDiscoveryServiceClient<tonic::transport::Channel>,
+) -> SotwClient {
+    let mut c = SotwClient::open_with(sds.clone()).await;
+    c.request(&["team/a"]).await;
+    c.recv(&["team/a"]).await;
+    c
+}
+
+/// Opens one more stream on `sds`'s connection, which the server must refuse.
+async fn refused_stream(
+    sds: &SecretDiscoveryServiceClient<tonic::transport::Channel>,
+    what: &str,
+) -> tonic::Status {
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    sds.clone()
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .expect_err(what)
+}
+
 #[tokio::test]
 async fn streams_per_connection_and_per_client_are_limited_without_harming_others() {
     let server = served(ServeConfig {
@@ -307,17 +329,9 @@ async fn streams_per_connection_and_per_client_are_limited_without_harming_other
     let one = server.sds().await;
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut c = SotwClient::open_with(one.clone()).await;
-        c.request(&["team/a"]).await;
-        c.recv(&["team/a"]).await;
-        streams.push(c);
+        streams.push(serving_stream(&one).await);
     }
-    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
-    let refused = one
-        .clone()
-        .stream_secrets(ReceiverStream::new(rx))
-        .await
-        .expect_err("a fourth stream on one connection");
+    let refused = refused_stream(&one, "a fourth stream on one connection").await;
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(
         refused.message().contains("already has 3 SDS streams open; at most 3 per connection (--max-streams-per-connection)"),
@@ -328,17 +342,9 @@ async fn streams_per_connection_and_per_client_are_limited_without_harming_other
     // Connection two, same client (127.0.0.1): two more fit, then the client limit.
     let two = server.sds().await;
     for _ in 0..2 {
-        let mut c = SotwClient::open_with(two.clone()).await;
-        c.request(&["team/a"]).await;
-        c.recv(&["team/a"]).await;
-        streams.push(c);
+        streams.push(serving_stream(&two).await);
     }
-    let (_tx2, rx) = mpsc::channel::<DiscoveryRequest>(1);
-    let refused = two
-        .clone()
-        .stream_secrets(ReceiverStream::new(rx))
-        .await
-        .expect_err("a sixth stream of one client");
+    let refused = refused_stream(&two, "a sixth stream of one client").await;
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(
         refused
@@ -503,23 +509,14 @@ async fn unix_socket_connections_are_counted_one_by_one() {
         }
     };
     let first = connect().await;
-    let mut a = SotwClient::open_with(first.clone()).await;
-    a.request(&["team/a"]).await;
-    a.recv(&["team/a"]).await;
-    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
-    let refused = first
-        .clone()
-        .stream_secrets(ReceiverStream::new(rx))
-        .await
-        .expect_err("a second stream on the same Unix connection");
+    let _a = serving_stream(&first).await;
+    let refused = refused_stream(&first, "a second stream on the same Unix connection").await;
     assert!(
         refused.message().contains("connection unix#"),
         "{}",
         refused.message()
     );
-    let mut b = SotwClient::open_with(connect().await).await;
-    b.request(&["team/a"]).await;
-    b.recv(&["team/a"]).await;
+    serving_stream(&connect().await).await;
 }
 
 /// Connections that are not HTTP/2 at all, or an HTTP/2 preface followed by junk frames:
@@ -578,18 +575,9 @@ async fn hostile_round(server: &TestServer, round: usize) {
     // abruptly with their connection.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut c = SotwClient::open_with(sds.clone()).await;
-        c.request(&["team/a"]).await;
-        c.recv(&["team/a"]).await;
-        open.push(c);
+        open.push(serving_stream(&sds).await);
     }
-    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
-    assert!(
-        sds.clone()
-            .stream_secrets(ReceiverStream::new(rx))
-            .await
-            .is_err()
-    );
+    refused_stream(&sds, "a third stream on one connection").await;
     drop(open);
     drop(sds);
     // A half-closed stream, a flood cut by the rate limit, and an oversized request.
