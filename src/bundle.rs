@@ -13,6 +13,7 @@ use crate::cert::{self, Certificate};
 
 /// What a subscriber is told about one certificate (no key material exists in a bundle).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertSummary {
     pub subject: String,
     pub display_name: String,

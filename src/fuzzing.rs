@@ -22,7 +22,9 @@ use crate::sds::{SECRET_TYPE_URL, UnknownNamePolicy};
 use crate::validation::{Subject, validate_data};
 
 /// The PEM/X.509 validation path: never panics; a valid bundle has certificates and no
-/// private key material; an error message never quotes a base64 line of the input.
+/// private key material; an error message never quotes what could be secret: a run of
+/// base64 from the input (a certificate's or a key's body). The message's own words may
+/// well appear in the input (a fuzzer copies them there), so plain text is not a leak.
 pub fn pem(data: &[u8]) {
     for subject in [Subject::ServerCa, Subject::GatewayBundle] {
         match validate_data(subject, data) {
@@ -35,16 +37,30 @@ pub fn pem(data: &[u8]) {
             }
             Err(check) => {
                 let message = check.to_string();
-                for line in String::from_utf8_lossy(data)
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| l.len() >= 40 && !l.starts_with("-----"))
-                {
-                    assert!(!message.contains(line), "input echoed in {message:?}");
+                let text = String::from_utf8_lossy(data);
+                for run in base64_runs(&text) {
+                    assert!(!message.contains(run), "input echoed in {message:?}");
                 }
             }
         }
     }
+}
+
+/// Shortest base64 run that counts as key or certificate material (48 bytes encoded).
+const SECRET_RUN: usize = 64;
+
+/// Runs of at least [`SECRET_RUN`] base64 characters in the input outside PEM armour lines,
+/// less those that also appear in an armour line: a block's label is echoed on purpose
+/// (`unexpected PEM block type "<T>"`), and a fuzzer readily copies it into a body.
+fn base64_runs(text: &str) -> impl Iterator<Item = &str> {
+    let is_armour = |line: &&str| line.trim_start().starts_with("-----");
+    let armour: Vec<&str> = text.lines().filter(is_armour).collect();
+    text.lines()
+        .filter(move |line| !is_armour(line))
+        .flat_map(|line| {
+            line.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+        })
+        .filter(move |run| run.len() >= SECRET_RUN && !armour.iter().any(|a| a.contains(run)))
 }
 
 /// The manifests parser: never panics, whatever the file holds.
@@ -290,5 +306,28 @@ pub fn delta(data: &[u8]) {
                 "sent and removed at once"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The leak check looks at key and certificate bodies, not at words: the fuzzer's
+    /// copy of an error message into the input is no leak, a key's body line would be.
+    #[test]
+    fn secret_material_is_base64_bodies_not_words_or_labels() {
+        let own_words = "failed to parse certificate: PEM data could not be read\n";
+        assert_eq!(base64_runs(own_words).count(), 0);
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDQ1x3nJ8m2Kc7Z";
+        let key = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+        assert_eq!(base64_runs(&key).collect::<Vec<_>>(), [body]);
+        let label = "A".repeat(70);
+        let echoed = format!("-----BEGIN {label}-----\n{label}\n-----END {label}-----\n");
+        assert_eq!(
+            base64_runs(&echoed).count(),
+            0,
+            "a label is echoed on purpose"
+        );
     }
 }

@@ -25,4 +25,5 @@ pub mod status;
 pub mod status_writer;
 pub mod tls;
 pub mod translate;
+pub mod uds;
 pub mod validation;

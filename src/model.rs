@@ -38,6 +38,64 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// The name of a served resource: a registration's bundle (`<namespace>/<registration>`)
+/// or a gateway's base bundle alone (`gateway/<namespace>/<extension>`).
+///
+/// Kubernetes names never contain `/`, so the number of segments tells the two apart: a
+/// registration in a namespace called `gateway` is `gateway/<name>`, never a gateway bundle.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceName {
+    Registration(ObjectKey),
+    Gateway(ObjectKey),
+}
+
+/// The first segment of a gateway bundle's resource name.
+pub const GATEWAY_RESOURCE_SEGMENT: &str = "gateway";
+
+impl ResourceName {
+    /// The namespace of the object the resource comes from (what authorization grants).
+    pub fn namespace(&self) -> &str {
+        match self {
+            ResourceName::Registration(k) | ResourceName::Gateway(k) => &k.namespace,
+        }
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceName::Registration(k) => write!(f, "{k}"),
+            ResourceName::Gateway(k) => write!(f, "{GATEWAY_RESOURCE_SEGMENT}/{k}"),
+        }
+    }
+}
+
+/// A string that is not a resource name; says what the forms are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a resource name: expected <namespace>/<registration> or gateway/<namespace>/<extension>"
+)]
+pub struct InvalidResourceName(pub String);
+
+impl std::str::FromStr for ResourceName {
+    type Err = InvalidResourceName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidResourceName(s.to_owned());
+        let segments: Vec<&str> = s.split('/').collect();
+        if segments.iter().any(|p| p.is_empty()) {
+            return Err(invalid());
+        }
+        match segments.as_slice() {
+            [ns, name] => Ok(ResourceName::Registration(ObjectKey::new(*ns, *name))),
+            [GATEWAY_RESOURCE_SEGMENT, ns, name] => {
+                Ok(ResourceName::Gateway(ObjectKey::new(*ns, *name)))
+            }
+            _ => Err(invalid()),
+        }
+    }
+}
+
 /// A reference to one key of a Secret in the referrer's namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretKeyRef {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Index;
-use crate::model::{Kind, Object, ObjectKey};
+use crate::model::{Kind, Object, ObjectKey, ResourceName};
 use crate::snapshot::{Snapshot, SourceHealth, StatusMap, publish_if_changed, same_resources};
 use crate::status::StatusTarget;
 use crate::translate::{TranslateConfig, Translator};
@@ -153,7 +153,7 @@ impl Pipeline {
     fn apply_touched(&mut self, keys: &[ObjectKey]) -> (bool, bool) {
         let (mut resources_changed, mut statuses_changed) = (false, false);
         for key in keys {
-            let name: Arc<str> = Arc::from(key.to_string());
+            let name: Arc<str> = Arc::from(ResourceName::Registration(key.clone()).to_string());
             match self.translator.registration_bundle(key) {
                 Some(b) if self.resources.get(&name).map(|o| o.version()) != Some(b.version()) => {
                     self.resources.insert(name, b.clone());

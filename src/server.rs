@@ -212,17 +212,16 @@ pub async fn start(
         .with_context(|| format!("cannot listen for admin HTTP on {}", config.admin_addr))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    if let Some(path) = &config.uds_path {
-        let _ = std::fs::remove_file(path);
-        let uds = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
-        let incoming = crate::sds::connection::unix_incoming(uds);
+    if let Some(path) = config.uds_path.clone() {
+        let socket = crate::uds::bind(&path)?;
+        let incoming = crate::sds::connection::unix_incoming(socket.listener);
         let router = router.clone();
         let stop = wait_for_stop(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
                 tracing::error!(error = %e, "unix socket server failed");
             }
+            socket.owner.remove();
         }));
     }
     let tls = config

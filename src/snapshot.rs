@@ -41,6 +41,7 @@ pub type StatusMap = BTreeMap<StatusTarget, Arc<Condition>>;
 
 /// How the source of objects is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceHealth {
     /// The source delivered a complete view at least once.
     pub synced: bool,

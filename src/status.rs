@@ -16,6 +16,7 @@ pub enum StatusTarget {
 
 /// A `Ready` condition (lastTransitionTime is the writer's business).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub ready: bool,
     pub reason: String,

@@ -95,7 +95,7 @@ pub async fn run(
     loop {
         if *is_leader.borrow_and_update() {
             let current = statuses.borrow_and_update().clone();
-            let failed = write_changes(&client, &config, &current, &mut written).await;
+            let failed = write_changes(&client, &config, &current, &mut written, &is_leader).await;
             if failed {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -114,12 +114,15 @@ pub async fn run(
     }
 }
 
-/// Writes every difference; returns whether some write failed (to retry later).
+/// Writes every difference; returns whether some write failed (to retry later). Stops
+/// before the next write as soon as this replica is no longer the leader: a pass over
+/// thousands of targets outlives a Lease.
 async fn write_changes(
     client: &Client,
     config: &StatusWriterConfig,
     current: &StatusMap,
     written: &mut BTreeMap<StatusTarget, Written>,
+    is_leader: &watch::Receiver<bool>,
 ) -> bool {
     let now = crate::translate::format_unix(crate::pipeline::unix_now());
     let mut failed = false;
@@ -131,6 +134,10 @@ async fn write_changes(
         .into_iter()
         .collect();
     for target in targets {
+        if !*is_leader.borrow() {
+            tracing::info!("leadership lost; status writes stop");
+            return false;
+        }
         let want = current.get(&target).cloned();
         let previous = written.get(&target);
         if previous.map(|p| &p.condition) == Some(&want) {

@@ -75,35 +75,48 @@ impl ReloadingTls {
         }
     }
 
-    /// Accepts TCP connections and yields completed TLS connections.
+    /// Accepts TCP connections and yields completed TLS connections. Both background tasks
+    /// (accept, certificate reload) end when the returned stream is dropped, which the
+    /// server does on shutdown, so the listening socket is released at once.
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let reloader = self.clone();
+        let reload_tx = tx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RELOAD_CHECK);
             loop {
-                tick.tick().await;
-                reloader.reload();
-                if Arc::strong_count(&reloader) == 1 {
-                    return;
+                tokio::select! {
+                    _ = tick.tick() => { reloader.reload(); }
+                    () = reload_tx.closed() => return,
                 }
             }
         });
         tokio::spawn(async move {
+            let mut backoff = AcceptBackoff::default();
             loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(c) => {
+                        backoff.reset();
+                        c
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
+                        // E.g. EMFILE: retrying at once would spin; connections wait in the
+                        // kernel's backlog meanwhile.
+                        let pause = backoff.next_pause();
+                        tracing::warn!(error = %e, retry_in = ?pause, "accept failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => continue,
+                            () = tx.closed() => return,
+                        }
                     }
                 };
-                if tx.is_closed() {
-                    return;
-                }
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -118,6 +131,30 @@ impl ReloadingTls {
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// Pause after consecutive accept errors: 5 ms doubling to 1 s (the same ceiling hyper and
+/// Go's net/http use), back to the start after a successful accept.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = Self::FIRST
+            .saturating_mul(1 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -172,4 +209,59 @@ fn build(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
         .context("certificate and key do not match")?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_to_a_cap_and_reset_on_success() {
+        let mut backoff = AcceptBackoff::default();
+        let pauses: Vec<u128> = (0..10).map(|_| backoff.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.next_pause(), Duration::from_millis(5));
+    }
+
+    /// Dropping the incoming stream (the server's shutdown) ends the accept loop, which
+    /// releases the port, and the reload task, which releases the configuration.
+    #[tokio::test]
+    async fn dropping_the_incoming_stream_releases_the_port_and_the_reload_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        let tls = ReloadingTls::load(files).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tls.clone().incoming(listener);
+        assert!(
+            Arc::strong_count(&tls) > 1,
+            "the tasks hold the configuration"
+        );
+        drop(incoming);
+        let released = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if Arc::strong_count(&tls) == 1 && std::net::TcpListener::bind(addr).is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            released.is_ok(),
+            "after the stream is dropped the port stays bound or a task keeps running"
+        );
+    }
 }

@@ -10,12 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::TrustBundle;
 use crate::index::{Dirty, Index};
-use crate::model::{GatewayExtension, ObjectKey, Registration, SecretKeyRef};
+use crate::model::{GatewayExtension, ObjectKey, Registration, ResourceName, SecretKeyRef};
 use crate::status::{Condition, StatusTarget};
 use crate::validation::{self, Check, Failure, Subject};
-
-/// Prefix of the resource name under which a gateway's base bundle is served alone.
-pub const GATEWAY_RESOURCE_PREFIX: &str = "gateway/";
 
 /// Tunables of translation.
 #[derive(Clone, Debug)]
@@ -117,12 +114,13 @@ impl Translator {
 
     /// Every served bundle by resource name.
     pub fn resources(&self) -> impl Iterator<Item = (String, &TrustBundle)> {
-        let regs = self
-            .registrations
-            .iter()
-            .filter_map(|(k, o)| Some((k.to_string(), o.served.as_ref()?)));
+        let regs = self.registrations.iter().filter_map(|(k, o)| {
+            let name = ResourceName::Registration(k.clone());
+            Some((name.to_string(), o.served.as_ref()?))
+        });
         let exts = self.extensions.iter().filter_map(|(k, o)| {
-            Some((format!("{GATEWAY_RESOURCE_PREFIX}{k}"), o.served.as_ref()?))
+            let name = ResourceName::Gateway(k.clone());
+            Some((name.to_string(), o.served.as_ref()?))
         });
         regs.chain(exts)
     }
@@ -158,10 +156,10 @@ impl Translator {
         };
         self.judge(result, ctx, Clone::clone, |own, _| {
             format!(
-                "CA bundle secret {} is valid: {} certificate(s) served as {GATEWAY_RESOURCE_PREFIX}{} and added to every bundle of this gateway (version {})",
+                "CA bundle secret {} is valid: {} certificate(s) served as {} and added to every bundle of this gateway (version {})",
                 reference.name,
                 own.certificates().len(),
-                ext.key,
+                ResourceName::Gateway(ext.key.clone()),
                 own.version()
             )
         })

@@ -60,6 +60,44 @@ fn check_accepts_pem_files_and_refuses_keys() {
     assert!(!stdout.contains(key_pem.lines().nth(1).unwrap()));
 }
 
+/// `check` accepts an expiring or expired CA (it is still served) and says so.
+#[test]
+fn check_warns_about_expiring_and_expired_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = trust_sds::pipeline::unix_now();
+    let soon = dir.path().join("soon.pem");
+    std::fs::write(
+        &soon,
+        Ca::root_expiring("Soon", now + 3 * 86_400 + 3_600).pem(),
+    )
+    .unwrap();
+    let out = trust_sds().arg("check").arg(&soon).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("OK: 1 certificate(s)")
+            && stdout.contains("; warning: certificate \"Soon\" expires at ")
+            && stdout.contains("(in 3 days)"),
+        "{stdout}"
+    );
+
+    let past = dir.path().join("past.pem");
+    std::fs::write(&past, Ca::root_expiring("Past", now - 86_400).pem()).unwrap();
+    let out = trust_sds().arg("check").arg(&past).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("; warning: certificate \"Past\" expired at "),
+        "{stdout}"
+    );
+
+    let fresh = dir.path().join("fresh.pem");
+    std::fs::write(&fresh, Ca::root("Fresh").pem()).unwrap();
+    let out = trust_sds().arg("check").arg(&fresh).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
 #[test]
 fn crd_prints_the_committed_crds() {
     let out = trust_sds().arg("crd").output().unwrap();

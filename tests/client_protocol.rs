@@ -27,10 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use trust_sds::client::{ClientOptions, TrustClient, TrustEvent};
 use trust_sds::sds::SECRET_TYPE_URL;
 
-type Sessions = mpsc::Sender<(
-    mpsc::Receiver<DeltaDiscoveryRequest>,
-    mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-)>;
+type Sessions = mpsc::Sender<Session>;
 
 /// Each DeltaSecrets stream is handed to the test as (requests, responses).
 struct Scripted {
@@ -119,9 +116,14 @@ async fn next<T>(rx: &mut mpsc::Receiver<T>) -> T {
         .expect("open")
 }
 
-#[tokio::test]
-async fn client_nacks_what_it_cannot_use_acks_the_rest_and_resumes_after_reconnect() {
-    let (sessions_tx, mut sessions) = mpsc::channel(4);
+type Session = (
+    mpsc::Receiver<DeltaDiscoveryRequest>,
+    mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+);
+
+/// Starts the scripted server on 127.0.0.1; each new stream arrives on the receiver.
+async fn scripted_server() -> (std::net::SocketAddr, mpsc::Receiver<Session>) {
+    let (sessions_tx, sessions) = mpsc::channel(4);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = SecretDiscoveryServiceServer::new(Scripted {
@@ -132,6 +134,12 @@ async fn client_nacks_what_it_cannot_use_acks_the_rest_and_resumes_after_reconne
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
+    (addr, sessions)
+}
+
+#[tokio::test]
+async fn client_nacks_what_it_cannot_use_acks_the_rest_and_resumes_after_reconnect() {
+    let (addr, mut sessions) = scripted_server().await;
 
     let name = "team/x";
     let client = TrustClient::start(ClientOptions::new(
@@ -234,4 +242,30 @@ async fn client_nacks_what_it_cannot_use_acks_the_rest_and_resumes_after_reconne
         saw_removed |= matches!(e, TrustEvent::Removed { .. });
     }
     assert!(saw_rejected && saw_removed);
+}
+
+/// A server that accepts each stream and closes it cleanly before any response gets
+/// backoff that keeps doubling: a clean close without progress is no reason to reset it.
+#[tokio::test]
+async fn clean_closes_without_a_response_back_off() {
+    let (addr, mut sessions) = scripted_server().await;
+    let mut options = ClientOptions::new(format!("http://{addr}"), vec!["team/x".to_owned()]);
+    options.initial_backoff = Duration::from_millis(100);
+    options.max_backoff = Duration::from_secs(30);
+    let _client = TrustClient::start(options).unwrap();
+
+    // Five sessions, each closed at once (the response stream ends with status OK).
+    let mut arrivals = Vec::new();
+    for _ in 0..5 {
+        let (requests, responses) = next(&mut sessions).await;
+        arrivals.push(std::time::Instant::now());
+        drop((requests, responses));
+    }
+    // The waits are at least 100, 200, 400 and 800 ms (lower bounds: a busy machine only
+    // makes them longer). A backoff reset on every clean close waits ~100 ms each time.
+    let last_wait = arrivals[4] - arrivals[3];
+    assert!(
+        last_wait >= Duration::from_millis(800),
+        "the fourth reconnect came {last_wait:?} after the third: the backoff was reset"
+    );
 }

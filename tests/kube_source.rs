@@ -296,10 +296,18 @@ async fn other_controllers_conditions_are_untouched_and_writes_happen_on_change_
         .unwrap()
         .unwrap();
     eventually("news status", || fake.ready(REG, "team", "news").is_some()).await;
+    // Barrier: the writer handles changes one pass at a time, each in target order, and
+    // `zz/barrier` sorts after every other target. Once its status is there, every write
+    // the earlier changes caused has landed, redundant ones included.
+    fake.apply(registration("zz", "barrier", "barrier-ca", None));
+    eventually("barrier status", || {
+        fake.ready(REG, "zz", "barrier").is_some()
+    })
+    .await;
     assert_eq!(
         fake.status_patches(),
-        writes + 1,
-        "only the new registration's status was written"
+        writes + 2,
+        "only the new registrations' statuses were written"
     );
 
     // Removing the reference releases our Ready condition; Accepted stays.
@@ -645,4 +653,114 @@ async fn one_namespace_only() {
     );
     eventually("status", || fake.ready(REG, "team", "weather").is_some()).await;
     assert!(fake.ready(REG, "other", "news").is_none());
+}
+
+/// A Lease holder whose clock runs an hour behind keeps renewing with old `renewTime`s: it
+/// is alive, and another replica must not take over. Once it stops renewing, the record
+/// stays unchanged and the other replica takes over after the lease duration.
+#[tokio::test]
+async fn a_skewed_holder_that_renews_keeps_the_lease() {
+    use trust_sds::leader::{self, LeaseConfig};
+    let fake = FakeApiServer::start(&["v1"]).await;
+    let (ns, name) = ("trust-sds-system", "trust-sds-status-writer");
+    let hour_ago = || {
+        let t = k8s_openapi::chrono::Utc::now() - k8s_openapi::chrono::Duration::hours(1);
+        t.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true)
+    };
+    let peer_lease = |renewed: String| {
+        json!({"holderIdentity": "skewed-peer", "leaseDurationSeconds": 1,
+               "renewTime": renewed, "acquireTime": renewed, "leaseTransitions": 0})
+    };
+    fake.put_lease(ns, name, peer_lease(hour_ago()));
+    let config = LeaseConfig {
+        lease_duration: Duration::from_secs(1),
+        renew_every: Duration::from_millis(50),
+        ..LeaseConfig::new(ns, "replica-a")
+    };
+    let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(leader::run(fake.client(), config, leader_tx, stop_rx));
+
+    // The peer renews every 200 ms for 3 s (15 times its check interval of 50 ms, three
+    // lease durations): replica-a must never lead meanwhile.
+    for _ in 0..15 {
+        fake.put_lease(ns, name, peer_lease(hour_ago()));
+        let took =
+            tokio::time::timeout(Duration::from_millis(200), leader_rx.wait_for(|l| *l)).await;
+        assert!(took.is_err(), "took the Lease of a holder that renews");
+    }
+    assert_eq!(fake.lease_holder(ns, name).as_deref(), Some("skewed-peer"));
+
+    // The peer stops: its record no longer changes, and replica-a takes over.
+    tokio::time::timeout(Duration::from_secs(10), leader_rx.wait_for(|l| *l))
+        .await
+        .expect("takes over a lapsed Lease")
+        .unwrap();
+    assert_eq!(fake.lease_holder(ns, name).as_deref(), Some("replica-a"));
+    stop_tx.send_replace(true);
+    task.await.unwrap();
+}
+
+/// A writer that loses leadership in the middle of a pass stops before its next write
+/// (one write may be in flight), instead of writing every difference it had planned.
+#[tokio::test]
+async fn a_writer_that_loses_the_lease_stops_before_its_next_write() {
+    use std::sync::Arc;
+    use trust_sds::model::ObjectKey;
+    use trust_sds::snapshot::{SourceHealth, StatusMap};
+    use trust_sds::status::{Condition, StatusTarget};
+    use trust_sds::status_writer::{self, StatusWriterConfig};
+    let fake = FakeApiServer::start(&["v1"]).await;
+    let targets = 300;
+    let mut statuses = StatusMap::new();
+    for i in 0..targets {
+        let name = format!("r{i:03}");
+        fake.apply(registration("team", &name, "ca", None));
+        statuses.insert(
+            StatusTarget::Registration(ObjectKey::new("team", &name)),
+            Arc::new(Condition::ready(
+                "Valid",
+                format!("{name} is fine"),
+                Some(1),
+            )),
+        );
+    }
+    let (statuses_tx, statuses_rx) = tokio::sync::watch::channel(Arc::new(statuses));
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (_health_tx, health_rx) = tokio::sync::watch::channel(Arc::new(SourceHealth {
+        synced: true,
+        ..Default::default()
+    }));
+    let config = StatusWriterConfig {
+        registration_version: "v1".into(),
+        extension_version: "v1".into(),
+    };
+    let writer = tokio::spawn(status_writer::run(
+        fake.client(),
+        config,
+        statuses_rx,
+        leader_rx,
+        health_rx,
+    ));
+    eventually("the first writes", || fake.status_patches() >= 5).await;
+    leader_tx.send_replace(false);
+    let at_loss = fake.status_patches();
+    assert!(
+        at_loss < targets / 2,
+        "the pass must still be under way ({at_loss} written)"
+    );
+    // Closing the status channel ends the writer once its pass is over: then every write
+    // it was going to make has been made.
+    drop(statuses_tx);
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer ends")
+        .unwrap();
+    let total = fake.status_patches();
+    assert!(
+        total <= at_loss + 1,
+        "{} writes after leadership was lost (of {targets} planned)",
+        total - at_loss
+    );
+    drop(leader_tx);
 }

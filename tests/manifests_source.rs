@@ -271,3 +271,57 @@ fn registration_round_trips_upstream_fields() {
     let back = serde_json::to_value(&typed).unwrap();
     assert_eq!(back["spec"], parsed["spec"]);
 }
+
+/// A file that does not parse is reported once, and the source does not wake itself: the
+/// scan reads every file, and a watcher that took those reads for changes rescanned (and
+/// logged the broken file) about 45 times a second.
+#[tokio::test]
+async fn a_broken_file_is_reported_once_and_nothing_rescans_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("secret.yaml"),
+        secret_yaml("a-ca", &Ca::root("A").pem()),
+    )
+    .unwrap();
+    std::fs::write(d.join("broken.yaml"), "metadata: [broken").unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let source = ManifestsSource::new(d, "default");
+    let _task = tokio::spawn(source.run(tx));
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await.expect("source alive") {
+                trust_sds::pipeline::SourceEvent::Health(h) => return h,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("a first scan");
+    assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
+    assert!(first.skipped.keys().all(|k| k.ends_with("broken.yaml")));
+
+    // Nothing changes for a second (the safety-net rescan is every 5 s): no scan at all.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut scans = 0;
+    while let Ok(Some(event)) = tokio::time::timeout_at(quiet_until, rx.recv()).await {
+        if matches!(event, trust_sds::pipeline::SourceEvent::Health(_)) {
+            scans += 1;
+        }
+    }
+    assert_eq!(scans, 0, "{scans} rescans in 1 s while no file changed");
+
+    // A real change is still seen.
+    std::fs::write(d.join("broken.yaml"), "").unwrap();
+    let fixed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let trust_sds::pipeline::SourceEvent::Health(h) = rx.recv().await.unwrap()
+                && h.skipped.is_empty()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(fixed.is_ok(), "the fixed file is noticed");
+}

@@ -163,6 +163,28 @@ async fn sotw_nack_is_recorded_not_resent_and_next_change_pushed() {
         nonce(&grown.nonce) + 1,
         "NACKed version not resent"
     );
+    // The push is the rotation, not the NACKed content again under a new nonce.
+    assert_ne!(
+        pushed.version_info, grown.version_info,
+        "NACKed content resent"
+    );
+    let b = pushed
+        .resources
+        .iter()
+        .find(|r| support::sds::secret_name(r) == "team/b")
+        .expect("team/b pushed");
+    assert_eq!(
+        support::sds::secret_pem(b, "team/b"),
+        server
+            .running
+            .published
+            .snapshot
+            .borrow()
+            .get("team/b")
+            .unwrap()
+            .pem(),
+        "the pushed team/b is the rotated bundle"
+    );
     assert_eq!(
         server
             .running
@@ -277,6 +299,34 @@ async fn delta_subscribe_ack_unsubscribe_and_removal() {
     let fourth = c.recv().await;
     assert!(fourth.resources.is_empty());
     assert_eq!(fourth.removed_resources, ["team/b"]);
+}
+
+/// Under the default `hold` policy a Delta subscription to a name that is not served gets
+/// no answer at all (not a `removed_resources` entry) until the name appears.
+#[tokio::test]
+async fn delta_unknown_name_is_held_until_it_appears() {
+    let server = server_with(&["a"]).await;
+    let mut c = DeltaClient::open(&server).await;
+    c.subscribe(&["team/late"], "").await;
+    // Barrier: a second subscription on the same stream is answered; had the first been
+    // answered (as absent), that answer would come first.
+    c.subscribe(&["team/a"], "").await;
+    let first = c.recv().await;
+    assert!(
+        first.removed_resources.is_empty(),
+        "held name answered as removed: {:?}",
+        first.removed_resources
+    );
+    assert_eq!(DeltaClient::names(&first), ["team/a"]);
+    server
+        .apply(vec![
+            registration("team", "late", "late-ca"),
+            ca_secret("team", "late-ca", &Ca::root("late").pem()),
+        ])
+        .await;
+    let appeared = c.recv().await;
+    assert_eq!(DeltaClient::names(&appeared), ["team/late"]);
+    assert!(appeared.removed_resources.is_empty());
 }
 
 #[tokio::test]

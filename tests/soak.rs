@@ -73,14 +73,20 @@ fn name(registration: usize) -> String {
     format!("soak/r{registration}")
 }
 
-/// One subscriber: Delta or SotW, ACKs every response, publishes the version it holds.
+/// One subscriber: Delta or SotW, ACKs every response, publishes the version it holds in
+/// `held`, its own channel: an aborted task that is still finishing a poll on another worker
+/// thread can only write to its own channel, never over its replacement's newer version.
+/// The task's output says how its stream ended (a stream ended by the server is a failure
+/// the convergence check reports).
 fn spawn_client(
     channel: Channel,
     resource: String,
     delta: bool,
-    held: watch::Sender<String>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> (watch::Sender<String>, tokio::task::JoinHandle<String>) {
+    let (held, _) = watch::channel(String::new());
+    let publish = held.clone();
+    let task = tokio::spawn(async move {
+        let held = publish;
         let mut client = SecretDiscoveryServiceClient::new(channel);
         if delta {
             let (tx, rx) = mpsc::channel(2);
@@ -90,13 +96,17 @@ fn spawn_client(
                 ..Default::default()
             };
             if tx.send(subscribe).await.is_err() {
-                return;
+                return "request channel closed".to_owned();
             }
-            let Ok(responses) = client.delta_secrets(ReceiverStream::new(rx)).await else {
-                return;
+            let mut responses = match client.delta_secrets(ReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return format!("stream refused: {status}"),
             };
-            let mut responses = responses.into_inner();
-            while let Ok(Some(r)) = responses.message().await {
+            loop {
+                let r = match next_or_end(responses.message().await) {
+                    Ok(r) => r,
+                    Err(ended) => return ended,
+                };
                 if let Some(res) = r.resources.first() {
                     held.send_replace(res.version.clone());
                 }
@@ -106,7 +116,7 @@ fn spawn_client(
                     ..Default::default()
                 };
                 if tx.send(ack).await.is_err() {
-                    return;
+                    return "request channel closed".to_owned();
                 }
             }
         } else {
@@ -123,29 +133,52 @@ fn spawn_client(
                 .await
                 .is_err()
             {
-                return;
+                return "request channel closed".to_owned();
             }
-            let Ok(responses) = client.stream_secrets(ReceiverStream::new(rx)).await else {
-                return;
+            let mut responses = match client.stream_secrets(ReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return format!("stream refused: {status}"),
             };
-            let mut responses = responses.into_inner();
-            while let Ok(Some(r)) = responses.message().await {
+            loop {
+                let r = match next_or_end(responses.message().await) {
+                    Ok(r) => r,
+                    Err(ended) => return ended,
+                };
                 // One name per stream: the response version is the resource's version.
                 held.send_replace(r.version_info.clone());
                 if tx.send(request(r.version_info, r.nonce)).await.is_err() {
-                    return;
+                    return "request channel closed".to_owned();
                 }
             }
         }
-    })
+    });
+    (held, task)
+}
+
+/// A response, or how the stream ended.
+fn next_or_end<T>(next: Result<Option<T>, tonic::Status>) -> Result<T, String> {
+    match next {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err("stream ended by the server".to_owned()),
+        Err(status) => Err(format!("stream failed: {status}")),
+    }
 }
 
 struct Subscriber {
     connection: usize,
     resource: String,
     delta: bool,
+    /// The version the current task's stream holds.
     held: watch::Sender<String>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<String>,
+}
+
+impl Subscriber {
+    /// Ends the current stream and opens a new one on `channel`.
+    fn reopen(&mut self, channel: Channel) {
+        self.task.abort();
+        (self.held, self.task) = spawn_client(channel, self.resource.clone(), self.delta);
+    }
 }
 
 async fn connect(server: &TestServer) -> Channel {
@@ -205,13 +238,7 @@ async fn churn_and_rotation_storm_end_on_the_newest_versions_with_bounded_memory
             let connection = s % plan.connections;
             let resource = name(s % plan.registrations);
             let delta = s % 2 == 0;
-            let (held, _) = watch::channel(String::new());
-            let task = spawn_client(
-                channels[connection].clone(),
-                resource.clone(),
-                delta,
-                held.clone(),
-            );
+            let (held, task) = spawn_client(channels[connection].clone(), resource.clone(), delta);
             Subscriber {
                 connection,
                 resource,
@@ -277,26 +304,14 @@ async fn churn_and_rotation_storm_end_on_the_newest_versions_with_bounded_memory
             let c = round / plan.connection_every % plan.connections;
             channels[c] = connect(&server).await;
             for s in subscribers.iter_mut().filter(|s| s.connection == c) {
-                s.task.abort();
-                s.task = spawn_client(
-                    channels[c].clone(),
-                    s.resource.clone(),
-                    s.delta,
-                    s.held.clone(),
-                );
+                s.reopen(channels[c].clone());
                 reopened += 1;
             }
             connections_replaced += 1;
         }
         for i in 0..plan.churn_streams {
             let s = &mut subscribers[(round * plan.churn_streams + i * 7919) % plan.streams];
-            s.task.abort();
-            s.task = spawn_client(
-                channels[s.connection].clone(),
-                s.resource.clone(),
-                s.delta,
-                s.held.clone(),
-            );
+            s.reopen(channels[s.connection].clone());
             reopened += 1;
         }
     }
@@ -307,20 +322,36 @@ async fn churn_and_rotation_storm_end_on_the_newest_versions_with_bounded_memory
     // Everyone ends on the newest version of their bundle.
     server.sync().await;
     let converge_started = Instant::now();
-    for s in &subscribers {
+    for s in &mut subscribers {
         let newest = server.version(&s.resource);
         let mut held = s.held.subscribe();
         let reached =
             tokio::time::timeout(Duration::from_secs(60), held.wait_for(|v| *v == newest))
                 .await
-                .map(|r| r.is_ok());
-        assert!(
-            reached.is_ok(),
-            "{} ({}) holds {:?}, newest is {newest}",
-            s.resource,
-            if s.delta { "delta" } else { "sotw" },
-            *held.borrow()
-        );
+                .is_ok_and(|r| r.is_ok());
+        if !reached {
+            let holds = held.borrow().clone();
+            // Why: a stream the server ended, or one it left on an old version.
+            let ended = if s.task.is_finished() {
+                (&mut s.task).await.unwrap_or_else(|e| e.to_string())
+            } else {
+                "stream still open".to_owned()
+            };
+            let server_view: Vec<String> = server
+                .running
+                .clients
+                .list()
+                .into_iter()
+                .filter(|c| c.names.contains(&s.resource))
+                .map(|c| format!("{} acked {:?}", c.api, c.acked))
+                .collect();
+            panic!(
+                "{} ({}) holds {holds:?}, newest is {newest}; {ended}; the server's streams \
+                 for it: {server_view:?}",
+                s.resource,
+                if s.delta { "delta" } else { "sotw" },
+            );
+        }
     }
     let converged_in = converge_started.elapsed();
     heap_peak = heap_peak.max(heap_mib());

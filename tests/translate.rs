@@ -263,6 +263,42 @@ fn gateway_bundle_is_the_base_of_every_bundle() {
     assert_eq!(snap.get("team/weather").unwrap().certificates().len(), 1);
 }
 
+/// A base and a registration's own CA that share a certificate merge into exactly the
+/// canonical bundle of the union: the shared certificate once, the order canonical, so the
+/// bytes and version equal those of one Secret holding the same certificates.
+#[test]
+fn merged_bundles_are_canonical_and_deduplicated() {
+    let (base, shared, own) = (Ca::root("Base"), Ca::root("Shared"), Ca::root("Own"));
+    let mut h = Harness::new();
+    h.apply([
+        extension("team", "mcp", "base-ca"),
+        ca_secret(
+            "team",
+            "base-ca",
+            &format!("{}{}", base.pem(), shared.pem()),
+        ),
+        registration("team", "weather", "own-ca"),
+        ca_secret("team", "own-ca", &format!("{}{}", own.pem(), shared.pem())),
+        // The same three certificates in one Secret, in another order, with no gateway.
+        registration("elsewhere", "all", "all-ca"),
+        ca_secret(
+            "elsewhere",
+            "all-ca",
+            &format!("{}{}{}", shared.pem(), own.pem(), base.pem()),
+        ),
+    ]);
+    let snap = h.snapshot();
+    let merged = snap.get("team/weather").unwrap();
+    let single = snap.get("elsewhere/all").unwrap();
+    assert_eq!(
+        merged.certificates().len(),
+        3,
+        "the shared certificate once"
+    );
+    assert_eq!(merged.pem(), single.pem());
+    assert_eq!(merged.version(), single.version());
+}
+
 #[test]
 fn gateway_membership_follows_http_route_parents() {
     use trust_sds::model::Route;

@@ -1,4 +1,9 @@
-//! Admin HTTP: `/healthz`, `/readyz`, `/metrics` and JSON views (`/bundles`, `/statuses`).
+//! Admin HTTP: `/healthz`, `/readyz`, `/metrics` and JSON views (`/bundles`, `/statuses`,
+//! `/clients`).
+//!
+//! JSON keys are camelCase, as in the Kubernetes API (`observedGeneration`, `notAfter`), so
+//! the views read like the objects they describe and pipe into the same tools; the keys are
+//! part of the interface and stay stable.
 //!
 //! Readiness stays up while the source is stale: replicas keep serving the last snapshot
 //! (fail static) and the body says why it may be stale. Only a source that has never

@@ -227,7 +227,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// In manifests mode there is no API server to write status to: log every change.
+/// Logs every change of the conditions, in both modes: with `--manifests` the log (and the
+/// admin API) is where status shows; with `--kube` it records what the writer applies.
 fn log_statuses(published: &crate::pipeline::Published) {
     let mut statuses = published.statuses.clone();
     tokio::spawn(async move {

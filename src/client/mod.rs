@@ -4,8 +4,10 @@
 //! validates each served bundle with the same rules as the server, and swaps the store for
 //! that name atomically. [`TrustClient::client_config`] returns a rustls `ClientConfig`
 //! whose verifier always reads the current store, so an existing HTTP client picks up new
-//! trust for its next connection without being rebuilt. Names the server withdraws fail
-//! closed; while the server is away the last good trust stays in use.
+//! trust for its next connection without being rebuilt. Over Delta (the default), names the
+//! server withdraws fail closed (`removed_resources`); SotW cannot express the withdrawal of
+//! a Secret, so a SotW subscriber keeps the last trust it got for such a name. While the
+//! server is away the last good trust stays in use.
 //!
 //! Uses no Kubernetes types.
 

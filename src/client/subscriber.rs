@@ -160,7 +160,7 @@ async fn run(options: ClientOptions, stores: Arc<Stores>) {
     let mut backoff = options.initial_backoff;
     loop {
         let (reason, progressed) = match session(&options, &stores).await {
-            Ok(()) => ("stream closed by the server".to_owned(), true),
+            Ok(()) => ("stream closed".to_owned(), false),
             Err(SessionError { reason, progressed }) => (reason, progressed),
         };
         if progressed {
@@ -173,10 +173,21 @@ async fn run(options: ClientOptions, stores: Arc<Stores>) {
     }
 }
 
+/// How a session ended, clean closes included.
 struct SessionError {
     reason: String,
-    /// Whether a response was received before the failure (resets the backoff).
+    /// Whether a response was received before the end (resets the backoff). A server that
+    /// accepts and closes at once, cleanly or not, has not progressed: it gets backoff,
+    /// never a tight reconnect loop.
     progressed: bool,
+}
+
+/// The server ended the stream without an error (or stopped reading requests).
+fn closed(api: &str, progressed: bool) -> SessionError {
+    SessionError {
+        reason: format!("{api}: stream closed by the server"),
+        progressed,
+    }
 }
 
 fn fail(reason: impl std::fmt::Display) -> SessionError {
@@ -259,7 +270,7 @@ async fn delta_session(
     loop {
         let response = match responses.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Err(closed("DeltaSecrets", progressed)),
             Err(e) => {
                 return Err(SessionError {
                     reason: format!("DeltaSecrets: {e}"),
@@ -289,7 +300,7 @@ async fn delta_session(
             ..Default::default()
         };
         if tx.send(ack).await.is_err() {
-            return Ok(());
+            return Err(closed("DeltaSecrets", progressed));
         }
     }
 }
@@ -320,7 +331,7 @@ async fn sotw_session(
     loop {
         let response: DiscoveryResponse = match responses.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Err(closed("StreamSecrets", progressed)),
             Err(e) => {
                 return Err(SessionError {
                     reason: format!("StreamSecrets: {e}"),
@@ -351,7 +362,7 @@ async fn sotw_session(
             nack_status(&errors),
         );
         if tx.send(ack).await.is_err() {
-            return Ok(());
+            return Err(closed("StreamSecrets", progressed));
         }
     }
 }

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::model::ResourceName;
+
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Rule {
     pub identity: String,
@@ -22,12 +24,12 @@ pub struct Authz {
     pub clients: Vec<Rule>,
 }
 
-/// The namespace a resource name belongs to (`ns/name` or `gateway/ns/ext`).
-pub fn namespace_of(name: &str) -> Option<&str> {
-    let name = name
-        .strip_prefix(crate::translate::GATEWAY_RESOURCE_PREFIX)
-        .unwrap_or(name);
-    name.split_once('/').map(|(ns, _)| ns)
+/// The namespace a resource name belongs to; `None` for a string that is no resource name
+/// (nothing is served under it, so no grant covers it).
+pub fn namespace_of(name: &str) -> Option<String> {
+    name.parse::<ResourceName>()
+        .ok()
+        .map(|n| n.namespace().to_owned())
 }
 
 impl Authz {
@@ -74,7 +76,7 @@ impl Authz {
             ));
         }
         for name in names {
-            let allowed = namespace_of(name).is_some_and(|ns| grants.contains(ns));
+            let allowed = namespace_of(name).is_some_and(|ns| grants.contains(ns.as_str()));
             if !allowed {
                 return Err(format!("{who} may not read {name}"));
             }

@@ -53,6 +53,33 @@ impl DeltaStream {
         self.wildcard
     }
 
+    /// The names a request adds (`initial_resource_versions` included) and whether it asks
+    /// for everything: `*`, or the legacy wildcard, a first request that subscribes to
+    /// nothing. Unlike SotW, a Delta wildcard (legacy or explicit) lasts until `*` is
+    /// unsubscribed: the xDS protocol reads a later subscription to "A" as "the wildcard
+    /// and A".
+    pub fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
+        let mut names: Vec<&str> = req
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if !self.started {
+            names.extend(req.initial_resource_versions.keys().map(String::as_str));
+        }
+        let wildcard =
+            names.contains(&"*") || (!self.started && req.resource_names_subscribe.is_empty());
+        (names, wildcard)
+    }
+
+    /// Whether a request only answers a response (ACK or NACK) and changes nothing.
+    pub fn is_reply(&self, req: &DeltaDiscoveryRequest) -> bool {
+        self.started
+            && !req.response_nonce.is_empty()
+            && req.resource_names_subscribe.is_empty()
+            && req.resource_names_unsubscribe.is_empty()
+    }
+
     pub fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
@@ -167,5 +194,86 @@ impl DeltaStream {
             },
             resources,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: SECRET_TYPE_URL.into(),
+            resource_names_subscribe: subscribe.iter().map(|n| n.to_string()).collect(),
+            resource_names_unsubscribe: unsubscribe.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(response: &DeltaResponse) -> Vec<String> {
+        let mut v: Vec<String> = response
+            .resources
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The xDS legacy wildcard in Delta: a first request that subscribes to nothing is a
+    /// wildcard, and (unlike SotW) a later subscription to "a/1" means "the wildcard and
+    /// a/1"; only unsubscribing `*` ends it.
+    #[test]
+    fn the_legacy_wildcard_lasts_until_star_is_unsubscribed() {
+        let snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+        let mut s = DeltaStream::new(UnknownNamePolicy::Hold, true);
+        let (_, r) = s.on_request(&request(&[], &[], ""), &snap);
+        assert_eq!(names(&r.unwrap()), ["a/1", "b/1"]);
+        s.on_request(&request(&["a/1"], &[], "1"), &snap);
+        assert!(s.is_wildcard(), "subscribing a name keeps the wildcard");
+        let rotated = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v2")]);
+        let pushed = s.on_snapshot(&rotated).expect("b/1 still pushed");
+        assert_eq!(names(&pushed), ["b/1"]);
+        s.on_request(&request(&[], &["*"], "2"), &rotated);
+        assert!(!s.is_wildcard());
+        let again = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v3")]);
+        assert!(
+            s.on_snapshot(&again).is_none(),
+            "b/1 is no longer subscribed"
+        );
+    }
+
+    /// A first request that names resources is no wildcard; nor is a later empty one.
+    #[test]
+    fn a_stream_that_named_resources_is_not_a_wildcard() {
+        let snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+        let mut s = DeltaStream::new(UnknownNamePolicy::Hold, true);
+        s.on_request(&request(&["a/1"], &[], ""), &snap);
+        s.on_request(&request(&[], &[], "1"), &snap);
+        assert!(!s.is_wildcard());
+        assert!(s.is_reply(&request(&[], &[], "1")));
+        assert!(!s.is_reply(&request(&["b/1"], &[], "1")));
+        assert!(!s.is_reply(&request(&[], &["a/1"], "1")));
+    }
+
+    /// Under `hold` an unknown name gets no answer; under `not-found`, one removal.
+    #[test]
+    fn unknown_names_are_held_or_answered_once() {
+        let snap = SdsSnapshot::of(&[("a/1", "v1")]);
+        let mut held = DeltaStream::new(UnknownNamePolicy::Hold, true);
+        assert!(
+            held.on_request(&request(&["x/1"], &[], ""), &snap)
+                .1
+                .is_none()
+        );
+        let mut not_found = DeltaStream::new(UnknownNamePolicy::NotFound, true);
+        let (_, r) = not_found.on_request(&request(&["x/1"], &[], ""), &snap);
+        assert_eq!(r.unwrap().head.removed_resources, ["x/1"]);
+        assert!(
+            not_found
+                .on_snapshot(&SdsSnapshot::of(&[("a/1", "v2")]))
+                .is_none()
+        );
     }
 }

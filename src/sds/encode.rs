@@ -229,3 +229,26 @@ pub fn spawn_encoder(
     });
     rx
 }
+
+#[cfg(test)]
+impl SdsSnapshot {
+    /// A snapshot serving `(name, version)` pairs (the content is the name), for the state
+    /// machines' unit tests.
+    pub(crate) fn of(resources: &[(&str, &str)]) -> Self {
+        let resources = resources
+            .iter()
+            .map(|(name, version)| {
+                let any = envoy_types::pb::google::protobuf::Any {
+                    type_url: super::SECRET_TYPE_URL.into(),
+                    value: name.as_bytes().to_vec(),
+                };
+                let encoded = EncodedResource::new(name, Arc::from(*version), any);
+                (Arc::from(*name), Arc::new(encoded))
+            })
+            .collect();
+        Self {
+            resources,
+            ..Self::default()
+        }
+    }
+}

@@ -175,7 +175,9 @@ impl Default for RateLimit {
 
 /// One stream's request budget: every response the server sends earns the client one free
 /// reply (its ACK or NACK), so a client that keeps up with a rotation storm is never cut
-/// off; anything else draws from a token bucket.
+/// off. A reply is free only if it changes nothing: a request that changes the subscription
+/// always draws from a token bucket, even when it carries a nonce, or a client alternating
+/// between two names would earn a free change with every answer it provokes.
 #[derive(Debug)]
 pub struct RequestBudget {
     limit: RateLimit,
@@ -199,12 +201,13 @@ impl RequestBudget {
         self.replies_owed += 1;
     }
 
-    /// Whether a request that just arrived is within the budget.
-    pub fn admit(&mut self) -> bool {
+    /// Whether a request that just arrived is within the budget. `is_reply`: it only
+    /// answers a response (ACK/NACK) and leaves the subscription as it is.
+    pub fn admit(&mut self, is_reply: bool) -> bool {
         if self.limit.per_second == 0 {
             return true;
         }
-        if self.replies_owed > 0 {
+        if is_reply && self.replies_owed > 0 {
             self.replies_owed -= 1;
             return true;
         }
@@ -264,10 +267,33 @@ mod tests {
         });
         for _ in 0..1_000 {
             budget.responded();
-            assert!(budget.admit(), "an ACK of a response is always admitted");
+            assert!(
+                budget.admit(true),
+                "an ACK of a response is always admitted"
+            );
         }
-        assert!(budget.admit());
-        assert!(budget.admit());
-        assert!(!budget.admit(), "the burst is spent");
+        assert!(budget.admit(false));
+        assert!(budget.admit(false));
+        assert!(!budget.admit(false), "the burst is spent");
+    }
+
+    /// A subscription change that carries a nonce is not a free reply, however many
+    /// responses are owed: answering it must not earn the next change for free.
+    #[test]
+    fn subscription_changes_draw_from_the_bucket_even_when_replies_are_owed() {
+        let mut budget = RequestBudget::new(RateLimit {
+            per_second: 1,
+            burst: 2,
+        });
+        for _ in 0..100 {
+            budget.responded();
+        }
+        assert!(budget.admit(false));
+        assert!(budget.admit(false));
+        assert!(!budget.admit(false), "owed replies do not pay for changes");
+        assert!(
+            budget.admit(true),
+            "a plain ACK still rides on an owed reply"
+        );
     }
 }

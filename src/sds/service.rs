@@ -107,6 +107,14 @@ pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The identity a node id gives a client: `node:<id>`, only on the Unix socket, where no
+/// remote peer can connect, so the id is as trustworthy as the file permissions. Streams and
+/// `FetchSecrets` identify callers by this one rule.
+fn node_identity(is_unix: bool, node: Option<&str>) -> Option<String> {
+    node.filter(|n| is_unix && !n.is_empty())
+        .map(|n| format!("node:{n}"))
+}
+
 /// A stream's responses; an error status ends it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -121,6 +129,9 @@ trait Machine: Send + 'static {
     fn name_count(req: &Self::Req) -> usize;
     /// The names a request asks for, and whether it asks for everything (authorization).
     fn requested<'a>(&self, req: &'a Self::Req) -> (Vec<&'a str>, bool);
+    /// Whether a request only answers a response (ACK/NACK) and leaves the subscription as
+    /// it is: the only kind of request a response pays for (see `RequestBudget`).
+    fn is_reply(&self, req: &Self::Req) -> bool;
     /// Whether the request may change the subscription the registry shows.
     fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
     fn subscription(&self) -> (Vec<String>, bool);
@@ -147,10 +158,16 @@ impl Machine for SotwStream {
         req.resource_names.len()
     }
     fn requested<'a>(&self, req: &'a DiscoveryRequest) -> (Vec<&'a str>, bool) {
-        let names: Vec<&str> = req.resource_names.iter().map(String::as_str).collect();
-        let wildcard = names.contains(&"*")
-            || (names.is_empty() && (!self.is_started() || self.is_wildcard()));
-        (names, wildcard)
+        let names: Vec<&str> = req
+            .resource_names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*")
+            .collect();
+        (names, SotwStream::requested(self, req).1)
+    }
+    fn is_reply(&self, req: &DiscoveryRequest) -> bool {
+        !req.response_nonce.is_empty() && self.is_same_subscription(req)
     }
     fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
         req.resource_names != shown
@@ -186,15 +203,10 @@ impl Machine for DeltaStream {
         req.resource_names_subscribe.len() + req.initial_resource_versions.len()
     }
     fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
-        let mut names: Vec<&str> = req
-            .resource_names_subscribe
-            .iter()
-            .map(String::as_str)
-            .collect();
-        names.extend(req.initial_resource_versions.keys().map(String::as_str));
-        let wildcard =
-            names.contains(&"*") || (!self.is_started() && req.resource_names_subscribe.is_empty());
-        (names, wildcard)
+        DeltaStream::requested(self, req)
+    }
+    fn is_reply(&self, req: &DeltaDiscoveryRequest) -> bool {
+        DeltaStream::is_reply(self, req)
     }
     fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
         !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
@@ -449,24 +461,20 @@ impl<M: Machine> SdsStream<M> {
 
     fn on_request(&mut self, request: M::Req) -> Step<M::Resp> {
         let api = self.api;
-        if !self.budget.admit() {
+        if !self.budget.admit(self.machine.is_reply(&request)) {
             self.metrics.rejected.inc();
             self.inner.metrics.limit_refused(Limit::RequestRate);
             tracing::warn!(api, peer = %self.keys.connection, "request rate exceeded; stream closed");
             return Step::Fail(Status::resource_exhausted(self.budget.refusal()));
         }
-        // On the Unix socket the node id is a usable identity: no remote peer can reach it.
-        if self.keys.is_unix
-            && let Some(node) = M::node(&request).filter(|n| !n.is_empty())
+        if let Some(node) = node_identity(self.keys.is_unix, M::node(&request))
+            && !self.identities.contains(&node)
         {
-            let node = format!("node:{node}");
-            if !self.identities.contains(&node) {
-                self.identities.push(node);
-                self.entry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .identities = self.identities.clone();
-            }
+            self.identities.push(node);
+            self.entry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .identities = self.identities.clone();
         }
         let denied = self.inner.options.authz.as_ref().and_then(|authz| {
             let (requested, wildcard) = self.machine.requested(&request);
@@ -528,8 +536,11 @@ impl SdsServer {
 
     /// `FetchSecrets`: the current bundles of the named resources, once.
     pub fn fetch(&self, request: Request<DiscoveryRequest>) -> Result<DiscoveryResponse, Status> {
-        let identities = peer_identities(&request);
+        let mut identities = peer_identities(&request);
+        let is_unix = PeerKeys::of(&request, &identities).is_unix;
         let req = request.into_inner();
+        let node = req.node.as_ref().map(|n| n.id.as_str());
+        identities.extend(node_identity(is_unix, node));
         if let Some(authz) = &self.inner.options.authz {
             let names: Vec<&str> = req.resource_names.iter().map(String::as_str).collect();
             if let Err(why) = authz.check(&identities, &names, names.is_empty()) {

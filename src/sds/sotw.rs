@@ -43,6 +43,9 @@ pub struct SotwStream {
     /// The nonce of the last response (`0`: none sent yet).
     nonce: u64,
     started: bool,
+    /// Some request named a resource (or `*`): from then on an empty list means "no
+    /// resources", no longer the legacy wildcard.
+    named: bool,
     allow_empty_type: bool,
 }
 
@@ -93,24 +96,51 @@ impl SotwStream {
         };
         let first = !self.started;
         self.started = true;
-        // The common request is an ACK on a one-name stream (Envoy opens a stream per secret)
-        // repeating its subscription: nothing to rebuild.
-        let unchanged = !first
-            && !self.wildcard
-            && self.names.len() == 1
-            && matches!(req.resource_names.as_slice(), [n] if self.names.contains(n));
-        if unchanged {
+        if !first && self.is_same_subscription(req) {
             return (ack, self.respond(snap));
         }
-        let requested: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-        self.wildcard = requested.contains("*")
-            || (first && requested.is_empty())
-            || (self.wildcard && requested.is_empty());
-        self.names = requested.into_iter().filter(|n| n != "*").collect();
+        let (names, wildcard) = self.requested(req);
+        self.named |= !req.resource_names.is_empty();
+        self.wildcard = wildcard;
+        self.names = names;
         // Names no longer subscribed are forgotten, so a later re-subscription is answered.
         let (names, wildcard) = (&self.names, self.wildcard);
         self.sent.retain(|n, _| wildcard || names.contains(&**n));
         (ack, self.respond(snap))
+    }
+
+    /// The subscription a request asks for (names without `*`, and whether it is a
+    /// wildcard), by the xDS rules: `*` is the wildcard; a stream whose requests have all
+    /// named nothing is a legacy wildcard; once a request named something, the wildcard
+    /// holds only while `*` is listed, and an empty list means no resources.
+    pub fn requested(&self, req: &DiscoveryRequest) -> (BTreeSet<String>, bool) {
+        let mut wildcard = req.resource_names.is_empty() && !self.named;
+        let mut names = BTreeSet::new();
+        for name in &req.resource_names {
+            if name == "*" {
+                wildcard = true;
+            } else {
+                names.insert(name.clone());
+            }
+        }
+        (names, wildcard)
+    }
+
+    /// Whether a request leaves the subscription as it is (an ACK or NACK, not a change).
+    pub fn is_same_subscription(&self, req: &DiscoveryRequest) -> bool {
+        if !self.started {
+            return false;
+        }
+        // The common request is an ACK on a one-name stream (Envoy opens a stream per
+        // secret) repeating its subscription: decided without building a set.
+        if !self.wildcard
+            && self.names.len() == 1
+            && matches!(req.resource_names.as_slice(), [n] if self.names.contains(n))
+        {
+            return true;
+        }
+        let (names, wildcard) = self.requested(req);
+        wildcard == self.wildcard && names == self.names
     }
 
     /// Whether `nonce` is the one of the last response, compared without allocating.
@@ -197,5 +227,74 @@ impl SotwStream {
             joined.push('\n');
         }
         content_version(joined.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: SECRET_TYPE_URL.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(response: &SotwResponse) -> Vec<String> {
+        response
+            .resources
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect()
+    }
+
+    /// The xDS legacy wildcard in SotW: requests that name nothing are a wildcard until a
+    /// request names something; then the wildcard holds only while `*` is listed, and an
+    /// empty list means no resources (not the wildcard again).
+    #[test]
+    fn the_legacy_wildcard_ends_once_a_request_names_resources() {
+        let snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+        let mut s = SotwStream::new(true);
+        let (_, r) = s.on_request(&request(&[], ""), &snap);
+        assert_eq!(names(&r.unwrap()), ["a/1", "b/1"], "legacy wildcard");
+        // An ACK that still names nothing keeps the legacy wildcard.
+        let (_, r) = s.on_request(&request(&[], "1"), &snap);
+        assert!(r.is_none() && s.is_wildcard());
+        // Naming a resource ends it (a/1 is unchanged: no response, the nonce stays 1).
+        let (_, r) = s.on_request(&request(&["a/1"], "1"), &snap);
+        assert!(r.is_none() && !s.is_wildcard());
+        let rotated = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v2")]);
+        assert!(
+            s.on_snapshot(&rotated).is_none(),
+            "b/1 is no longer subscribed"
+        );
+        // An explicit `*` brings everything back; then an empty list unsubscribes it all.
+        let (_, r) = s.on_request(&request(&["*"], "1"), &rotated);
+        assert_eq!(names(&r.unwrap()), ["a/1", "b/1"]);
+        assert!(s.is_wildcard());
+        s.on_request(&request(&[], "2"), &rotated);
+        assert!(
+            !s.is_wildcard(),
+            "an empty list after naming is no wildcard"
+        );
+        assert_eq!(s.names().count(), 0);
+    }
+
+    #[test]
+    fn a_reply_is_a_request_that_keeps_the_subscription() {
+        let snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+        let mut s = SotwStream::new(true);
+        assert!(
+            !s.is_same_subscription(&request(&["a/1"], "")),
+            "not started"
+        );
+        s.on_request(&request(&["a/1"], ""), &snap);
+        assert!(s.is_same_subscription(&request(&["a/1"], "1")));
+        assert!(!s.is_same_subscription(&request(&["b/1"], "1")));
+        assert!(!s.is_same_subscription(&request(&["a/1", "b/1"], "1")));
+        assert!(!s.is_same_subscription(&request(&["*"], "1")));
     }
 }

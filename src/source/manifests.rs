@@ -30,8 +30,12 @@ const RESCAN_EVERY: Duration = Duration::from_secs(5);
 /// What was loaded from one file.
 #[derive(Debug, Clone)]
 struct FileState {
+    /// Of the bytes last read, parsed or not: unchanged bytes are never parsed (or
+    /// reported) again.
     digest: [u8; 32],
     objects: Vec<Object>,
+    /// Why the bytes with `digest` did not parse (`objects` are then the last good ones).
+    error: Option<String>,
 }
 
 /// The result of parsing one file.
@@ -141,6 +145,10 @@ impl ManifestsSource {
             };
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
             if let Some(previous) = previous.as_ref().filter(|p| p.digest == digest) {
+                // Reported when it first appeared; still a problem for readiness.
+                if let Some(e) = &previous.error {
+                    health.skipped.insert(origin, e.clone());
+                }
                 files.insert(path, previous.clone());
                 continue;
             }
@@ -153,15 +161,22 @@ impl ManifestsSource {
                         FileState {
                             digest,
                             objects: parsed.objects,
+                            error: None,
                         },
                     );
                 }
                 Err(e) => {
                     tracing::warn!(file = %origin, error = %e, "manifest file skipped; keeping what it held before");
-                    health.skipped.insert(origin, e);
-                    if let Some(previous) = previous {
-                        files.insert(path, previous);
-                    }
+                    health.skipped.insert(origin, e.clone());
+                    let objects = previous.map(|p| p.objects).unwrap_or_default();
+                    files.insert(
+                        path,
+                        FileState {
+                            digest,
+                            objects,
+                            error: Some(e),
+                        },
+                    );
                 }
             }
         }
@@ -179,14 +194,18 @@ impl ManifestsSource {
     /// Scans now, then on every change until `events` closes.
     pub async fn run(mut self, events: mpsc::Sender<SourceEvent>) -> anyhow::Result<()> {
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<()>();
+        let dir = self.dir.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                if res.is_ok_and(|event| concerns(&event, &dir)) {
                     let _ = fs_tx.send(());
                 }
             })?;
         let mut watching = false;
-        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        // The first safety-net rescan is one period away (an interval's first tick would
+        // rescan at once, right after the initial scan).
+        let mut rescan =
+            tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !watching {
@@ -232,6 +251,27 @@ impl ManifestsSource {
                 false
             }
         }
+    }
+}
+
+/// Whether a file event can change what a scan of `dir` reads: a change inside `dir` (the
+/// parent is watched too, for the directory's own removal and return, but its other
+/// entries are none of our business), and not a read.
+fn concerns(event: &notify::Event, dir: &Path) -> bool {
+    changes_content(&event.kind)
+        && (event.paths.is_empty() || event.paths.iter().any(|p| p.starts_with(dir)))
+}
+
+/// Whether a kind of file event can change content. Reads cannot: the scan itself opens
+/// and reads every file, and waking on that would rescan in a loop.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        // A writer closing its file: the content is complete now.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -284,4 +324,80 @@ pub fn list_manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+
+    #[test]
+    fn reads_do_not_wake_the_watcher_and_writes_do() {
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Remove(
+            notify::event::RemoveKind::Any
+        )));
+    }
+
+    #[test]
+    fn events_beside_the_directory_are_ignored() {
+        let dir = Path::new("/srv/manifests");
+        let event = |path: &str| {
+            notify::Event::new(EventKind::Create(CreateKind::File)).add_path(path.into())
+        };
+        assert!(concerns(&event("/srv/manifests/a.yaml"), dir));
+        assert!(
+            concerns(&event("/srv/manifests"), dir),
+            "the directory's return"
+        );
+        assert!(
+            !concerns(&event("/srv/other.yaml"), dir),
+            "a sibling in the parent"
+        );
+        assert!(!concerns(&event("/srv/manifests-old/a.yaml"), dir));
+    }
+
+    /// A file that does not parse is parsed (and logged) once per content: later scans see
+    /// the same bytes, keep reporting it for readiness, and keep its last good objects.
+    #[test]
+    fn a_broken_file_is_parsed_once_per_content_and_keeps_its_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        let good = "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\n";
+        std::fs::write(&file, good).unwrap();
+        let mut source = ManifestsSource::new(dir.path(), "default");
+        let (objects, health) = source.scan();
+        assert_eq!(objects.unwrap().len(), 1);
+        assert!(health.skipped.is_empty());
+
+        std::fs::write(&file, "metadata: [broken").unwrap();
+        let (objects, health) = source.scan();
+        assert_eq!(objects.unwrap().len(), 1, "the last good objects are kept");
+        assert_eq!(health.skipped.len(), 1);
+        let state = source.files.get(&file).unwrap().clone();
+        assert!(state.error.is_some());
+
+        // Same bytes: not parsed again (the stored state is reused as is), still reported.
+        let (objects, health) = source.scan();
+        assert_eq!(objects.unwrap().len(), 1);
+        assert_eq!(health.skipped.len(), 1);
+        assert_eq!(source.files.get(&file).unwrap().digest, state.digest);
+
+        std::fs::write(&file, good).unwrap();
+        let (_, health) = source.scan();
+        assert!(health.skipped.is_empty(), "fixed: no longer reported");
+        assert!(source.files.get(&file).unwrap().error.is_none());
+    }
 }

@@ -252,6 +252,18 @@ impl FakeApiServer {
             .map(str::to_owned)
     }
 
+    /// Stores a Lease as another replica would have written it (`spec` as JSON).
+    pub fn put_lease(&self, ns: &str, name: &str, spec: Value) {
+        let mut store = self.lock();
+        store.rv += 1;
+        let lease = lease_out(
+            json!({"metadata": {"name": name}, "spec": spec}),
+            ns,
+            store.rv,
+        );
+        store.leases.insert((ns.to_owned(), name.to_owned()), lease);
+    }
+
     pub fn status_patches(&self) -> usize {
         self.lock().status_patches
     }

@@ -127,6 +127,21 @@ impl TestServer {
     }
 }
 
+/// A gRPC channel to the Unix socket at `path`.
+pub async fn unix_channel(path: &std::path::Path) -> tonic::transport::Channel {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let unix = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(unix))
+            }
+        }))
+        .await
+        .expect("connect to the unix socket")
+}
+
 /// The next message of a response stream, bounded in time.
 pub async fn next_message<T>(rx: &mut tonic::Streaming<T>) -> T {
     tokio::time::timeout(TIMEOUT, rx.message())
@@ -240,6 +255,15 @@ impl SotwClient {
         }
         self.last = Some(resp.clone());
         resp
+    }
+
+    /// The next message or the status that ended the stream, unchecked (limits tests).
+    pub async fn next(&mut self) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+        let next = self.rx.message().await;
+        if let Ok(Some(resp)) = &next {
+            self.last = Some(resp.clone());
+        }
+        next
     }
 
     pub fn names(resp: &DiscoveryResponse) -> Vec<String> {
