@@ -225,3 +225,51 @@ pub enum Kind {
     Route,
     Secret,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_round_trip_and_are_told_apart_by_segments() {
+        for (text, name) in [
+            (
+                "team/weather",
+                ResourceName::Registration(ObjectKey::new("team", "weather")),
+            ),
+            (
+                "gateway/foo",
+                ResourceName::Registration(ObjectKey::new("gateway", "foo")),
+            ),
+            (
+                "gateway/team/mcp",
+                ResourceName::Gateway(ObjectKey::new("team", "mcp")),
+            ),
+        ] {
+            assert_eq!(text.parse::<ResourceName>(), Ok(name.clone()));
+            assert_eq!(name.to_string(), text);
+        }
+        assert_eq!(
+            "gateway/team/mcp"
+                .parse::<ResourceName>()
+                .unwrap()
+                .namespace(),
+            "team"
+        );
+        for bad in [
+            "",
+            "team",
+            "/x",
+            "team/",
+            "a/b/c",
+            "gateway//x",
+            "gateway/a/b/c",
+        ] {
+            let err = bad.parse::<ResourceName>().unwrap_err();
+            assert!(
+                err.to_string().contains("is not a resource name"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

@@ -84,3 +84,35 @@ impl Authz {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Authz {
+        Authz::from_yaml("clients:\n- identity: team-client\n  namespaces: [gateway, team]\n")
+            .unwrap()
+    }
+
+    /// A registration in a namespace called `gateway` is `gateway/<name>`: the grant of
+    /// `gateway` covers it, and it is never taken for a gateway bundle.
+    #[test]
+    fn a_namespace_called_gateway_is_an_ordinary_namespace() {
+        let who = ["team-client".to_owned()];
+        let authz = policy();
+        assert_eq!(authz.check(&who, &["gateway/foo"], false), Ok(()));
+        assert_eq!(authz.check(&who, &["gateway/team/mcp"], false), Ok(()));
+        assert_eq!(
+            authz.check(&who, &["gateway/other/mcp"], false),
+            Err("team-client may not read gateway/other/mcp".to_owned())
+        );
+        assert!(
+            authz.check(&who, &["team"], false).is_err(),
+            "no resource name"
+        );
+        assert!(
+            authz.check(&who, &["a/b/c"], false).is_err(),
+            "no resource name"
+        );
+    }
+}
