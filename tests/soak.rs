@@ -84,9 +84,9 @@ fn spawn_client(
     delta: bool,
 ) -> (watch::Sender<String>, tokio::task::JoinHandle<String>) {
     let (held, _) = watch::channel(String::new());
-    let publish = held.clone();
+    let task_held = held.clone();
     let task = tokio::spawn(async move {
-        let held = publish;
+        let held = task_held;
         let mut client = SecretDiscoveryServiceClient::new(channel);
         if delta {
             let (tx, rx) = mpsc::channel(2);
@@ -108,7 +108,7 @@ fn spawn_client(
                     Err(ended) => return ended,
                 };
                 if let Some(res) = r.resources.first() {
-                    held.send_replace(res.version.clone());
+                    publish(&held, res.version.clone());
                 }
                 let ack = DeltaDiscoveryRequest {
                     type_url: SECRET_TYPE_URL.into(),
@@ -145,7 +145,7 @@ fn spawn_client(
                     Err(ended) => return ended,
                 };
                 // One name per stream: the response version is the resource's version.
-                held.send_replace(r.version_info.clone());
+                publish(&held, r.version_info.clone());
                 if tx.send(request(r.version_info, r.nonce)).await.is_err() {
                     return "request channel closed".to_owned();
                 }
@@ -153,6 +153,20 @@ fn spawn_client(
         }
     });
     (held, task)
+}
+
+/// Versions an aborted stream's task published after its replacement had started: with
+/// one channel per subscriber, as this harness had, each was a newer version overwritten by
+/// an older one (the flaky "holds an old version" failures). Counted to show the race.
+static LATE_WRITES: AtomicUsize = AtomicUsize::new(0);
+
+/// Publishes the version a stream holds; the subscriber's own copy of the sender is gone
+/// once it replaced this stream.
+fn publish(held: &watch::Sender<String>, version: String) {
+    if held.sender_count() == 1 {
+        LATE_WRITES.fetch_add(1, Ordering::Relaxed);
+    }
+    held.send_replace(version);
 }
 
 /// A response, or how the stream ended.
@@ -381,11 +395,13 @@ async fn churn_and_rotation_storm_end_on_the_newest_versions_with_bounded_memory
          storm: {updates} updates in {storm_took:.2?}, {reopened} streams reopened \
          ({connections_replaced} connections replaced); all converged {converged_in:.2?} after the storm\n\
          heap: {heap_before:.1} MiB before, {heap_connected:.1} connected, {heap_peak:.1} peak, \
-         {heap_after:.1} after everyone left; tasks {tasks_before} before, {} after",
+         {heap_after:.1} after everyone left; tasks {tasks_before} before, {} after\n\
+         {} versions published by aborted streams after their replacement started",
         plan.streams,
         plan.connections,
         plan.registrations,
-        alive_tasks()
+        alive_tasks(),
+        LATE_WRITES.load(Ordering::Relaxed)
     );
     assert!(
         updates as u64 >= plan.updates_per_second * plan.storm.as_secs(),
