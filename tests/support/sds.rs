@@ -303,10 +303,15 @@ pub struct DeltaClient {
 
 impl DeltaClient {
     pub async fn open(server: &TestServer) -> Self {
+        Self::open_with(server.sds().await).await
+    }
+
+    /// A stream on a connection of the caller's (e.g. to a server in another process).
+    pub async fn open_with(
+        mut client: SecretDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16);
-        let stream = server
-            .sds()
-            .await
+        let stream = client
             .delta_secrets(ReceiverStream::new(rx))
             .await
             .expect("stream");

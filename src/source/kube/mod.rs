@@ -236,6 +236,9 @@ async fn served(
     kind: &str,
     plural: &str,
 ) -> bool {
+    if !group_version_listed(client, api_version).await {
+        return false;
+    }
     let api = dynamic_api(client, namespace, api_version, kind, plural);
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
@@ -244,6 +247,24 @@ async fn served(
             tracing::warn!(kind, error = %e, "cannot list");
             false
         }
+    }
+}
+
+/// Whether discovery (`/apis`, readable by every authenticated client) lists `api_version`.
+/// Asked first so that an absent API group (the Gateway API not installed) is found
+/// quietly: a list of it answers `404 page not found` in plain text, which the client logs
+/// as a warning it cannot parse.
+async fn group_version_listed(client: &Client, api_version: &str) -> bool {
+    let Some((group, version)) = api_version.split_once('/') else {
+        return true; // the core group is always there
+    };
+    match client.list_api_groups().await {
+        Ok(groups) => groups
+            .groups
+            .iter()
+            .any(|g| g.name == group && g.versions.iter().any(|v| v.version == version)),
+        // Discovery failing says nothing about this group: let the list decide.
+        Err(_) => true,
     }
 }
 
