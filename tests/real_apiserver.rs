@@ -30,6 +30,16 @@ struct Replica {
 
 impl Replica {
     async fn start(plane: &ControlPlane, kubeconfig: &Path, identity: &str) -> Replica {
+        Self::start_in(plane, kubeconfig, NS, identity).await
+    }
+
+    /// A replica whose Lease lives in `lease_ns` (its own namespace in a cluster).
+    async fn start_in(
+        plane: &ControlPlane,
+        kubeconfig: &Path,
+        lease_ns: &str,
+        identity: &str,
+    ) -> Replica {
         let (sds_port, admin_port) = (free_port(), free_port());
         let log = plane.dir.path().join(format!("trust-sds-{identity}.log"));
         let child = Command::new(trust_sds_release())
@@ -37,7 +47,7 @@ impl Replica {
                 "serve",
                 "--kube",
                 "--leader-elect",
-                NS,
+                lease_ns,
                 "--identity",
                 identity,
                 "--listen",
@@ -97,11 +107,27 @@ async fn deployed(plane: &ControlPlane) -> PathBuf {
         ])
         .await;
     assert!(ok, "{err}");
+    service_account_kubeconfig(plane, NS).await
+}
+
+/// A kubeconfig with a TokenRequest token of the ServiceAccount `trust-sds` in `ns`.
+async fn service_account_kubeconfig(plane: &ControlPlane, ns: &str) -> PathBuf {
     let (ok, token, err) = plane
-        .kubectl(&["create", "token", "trust-sds", "-n", NS])
+        .kubectl(&["create", "token", "trust-sds", "-n", ns])
         .await;
     assert!(ok, "TokenRequest: {err}");
-    plane.token_kubeconfig("trust-sds", token.trim())
+    plane.token_kubeconfig(&format!("trust-sds-{ns}"), token.trim())
+}
+
+/// What the ServiceAccount may do with Secrets: list and watch (every Secret's metadata,
+/// labelled ones whole), never get.
+async fn assert_secret_verbs(plane: &ControlPlane, kubeconfig: &Path) {
+    for (verb, want) in [("get", "no"), ("list", "yes"), ("watch", "yes")] {
+        let (_, out, _) = plane
+            .kubectl_as(kubeconfig, &["auth", "can-i", verb, "secrets", "-A"], None)
+            .await;
+        assert_eq!(out.trim(), want, "can-i {verb} secrets");
+    }
 }
 
 /// A registration (`apiVersion` as given) naming `secret`.
@@ -182,12 +208,7 @@ async fn expect_message(plane: &ControlPlane, ns: &str, name: &str, status: &str
 async fn operator_flow_as_the_service_account_with_the_deployed_rbac() {
     let plane = ControlPlane::start().await;
     let kubeconfig = deployed(&plane).await;
-    for (verb, want) in [("get", "no"), ("list", "yes"), ("watch", "yes")] {
-        let (_, out, _) = plane
-            .kubectl_as(&kubeconfig, &["auth", "can-i", verb, "secrets", "-A"], None)
-            .await;
-        assert_eq!(out.trim(), want, "can-i {verb} secrets");
-    }
+    assert_secret_verbs(&plane, &kubeconfig).await;
     let replica = Replica::start(&plane, &kubeconfig, "replica-a").await;
     // No Gateway API here: said once, quietly, without the client's 404 warning.
     let log = replica.log_text();
@@ -417,5 +438,111 @@ async fn the_other_replica_takes_over_from_a_killed_lease_holder() {
         "Lease holder killed with SIGKILL: replica-b held the Lease {takeover:.1?} later \
          (lease duration 15 s) and wrote the next change {:.1?} after the kill",
         killed.elapsed()
+    );
+}
+
+/// The Helm chart as Helm renders it (helm-python-sdk), applied to the real API server in
+/// its release namespace: trust-sds works with exactly its RBAC and may not get Secrets;
+/// its Ready condition and another field manager's condition coexist (server-side apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_helm_chart_works_as_rendered_beside_another_field_manager() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plane = ControlPlane::start().await;
+    let release_ns = "mcp-system";
+    plane.kubectl(&["create", "namespace", release_ns]).await;
+    let crds = std::fs::read_to_string(repo.join("deploy/helm/trust-sds/crds/crds.yaml")).unwrap();
+    plane.apply(&crds).await;
+    let out = Command::new(repo.join("target/envoy-venv/bin/python"))
+        .arg(repo.join("scripts/render_chart.py"))
+        .arg(release_ns)
+        .output()
+        .await
+        .expect("render the chart (scripts/test.sh installs helm-python-sdk)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plane.apply(&String::from_utf8(out.stdout).unwrap()).await;
+    let kubeconfig = service_account_kubeconfig(&plane, release_ns).await;
+    assert_secret_verbs(&plane, &kubeconfig).await;
+    let _replica = Replica::start_in(&plane, &kubeconfig, release_ns, "helm-replica").await;
+    ready_registration(&plane, "helm-tenant", &Ca::root("Helm CA").pem()).await;
+
+    // Server-side apply coexistence: another controller's condition, applied under its own
+    // field manager, survives trust-sds's next write of Ready, and Ready survives it.
+    let foreign = "apiVersion: mcp.kuadrant.io/v1\nkind: MCPServerRegistration\nmetadata:\n  \
+        name: weather\n  namespace: helm-tenant\nstatus:\n  conditions:\n  - type: Accepted\n    \
+        status: \"True\"\n    reason: Accepted\n    message: route attached\n    \
+        lastTransitionTime: \"2026-01-01T00:00:00Z\"\n";
+    let (ok, _, err) = plane
+        .kubectl_as(
+            &plane.admin_kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=mcp-controller",
+                "--subresource=status",
+                "-f",
+                "-",
+            ],
+            Some(foreign),
+        )
+        .await;
+    assert!(ok, "{err}");
+    let broken = secret(
+        "helm-tenant",
+        "weather-ca",
+        true,
+        &[("ca.crt", "not a certificate")],
+    );
+    plane
+        .kubectl_as(
+            &plane.admin_kubeconfig,
+            &["replace", "-f", "-"],
+            Some(&broken),
+        )
+        .await;
+    expect_message(
+        &plane,
+        "helm-tenant",
+        "weather",
+        "False",
+        "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found",
+    )
+    .await;
+    let (_, out, _) = plane
+        .kubectl(&[
+            "get",
+            "mcpserverregistrations.mcp.kuadrant.io",
+            "weather",
+            "-n",
+            "helm-tenant",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])
+        .await;
+    let object: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let types: Vec<&str> = object["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"Accepted") && types.contains(&"Ready"),
+        "{types:?}"
+    );
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"trust-sds") && managers.contains(&"mcp-controller"),
+        "{managers:?}"
     );
 }
