@@ -207,6 +207,16 @@ async fn expect_message(plane: &ControlPlane, ns: &str, name: &str, status: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_flow_as_the_service_account_with_the_deployed_rbac() {
     let plane = ControlPlane::start().await;
+    // Static-token authentication works too (the admin's token, in system:masters).
+    let static_admin = plane.token_kubeconfig("static-admin", "admin-token");
+    let (_, out, _) = plane
+        .kubectl_as(
+            &static_admin,
+            &["auth", "can-i", "get", "secrets", "-A"],
+            None,
+        )
+        .await;
+    assert_eq!(out.trim(), "yes");
     let kubeconfig = deployed(&plane).await;
     assert_secret_verbs(&plane, &kubeconfig).await;
     let replica = Replica::start(&plane, &kubeconfig, "replica-a").await;
@@ -545,4 +555,108 @@ async fn the_helm_chart_works_as_rendered_beside_another_field_manager() {
         managers.contains(&"trust-sds") && managers.contains(&"mcp-controller"),
         "{managers:?}"
     );
+}
+
+/// A stand-in for the Gateway API's HTTPRoute CRD (written here, unvalidated: trust-sds reads
+/// only `spec.parentRefs`), so HTTPRoutes are served as in a cluster with the Gateway API.
+const HTTPROUTE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  annotations:
+    # *.k8s.io groups are protected; the API server accepts a CRD marked unapproved.
+    api-approved.kubernetes.io: \"unapproved, a test stand-in for the Gateway API CRD\"
+spec:
+  group: gateway.networking.k8s.io
+  names: {kind: HTTPRoute, listKind: HTTPRouteList, plural: httproutes, singular: httproute}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+";
+
+/// With the Gateway API installed, an HTTPRoute's `parentRefs` decide which gateway's base
+/// bundle a registration gets: the registration whose route names the extension's Gateway
+/// serves base + own CA, one whose route names another Gateway its own CA only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_parents_decide_gateway_membership() {
+    let plane = ControlPlane::start().await;
+    plane.apply(HTTPROUTE_CRD).await;
+    let (ok, _, err) = plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    let kubeconfig = deployed(&plane).await;
+    let replica = Replica::start(&plane, &kubeconfig, "replica-a").await;
+    assert!(
+        !replica.log_text().contains("not served"),
+        "{}",
+        replica.log_text()
+    );
+
+    for ns in ["gw-system", "apps"] {
+        plane.kubectl(&["create", "namespace", ns]).await;
+    }
+    let extension = "apiVersion: mcp.kuadrant.io/v1\nkind: MCPGatewayExtension\nmetadata:\n  \
+        name: mcp\n  namespace: gw-system\nspec:\n  targetRef:\n    group: \
+        gateway.networking.k8s.io\n    kind: Gateway\n    name: gateway\n  caCertBundleRef:\n    \
+        name: base-ca\n";
+    let route = |name: &str, gateway: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: \
+             {name}-route\n  namespace: apps\nspec:\n  parentRefs:\n  - name: {gateway}\n    \
+             namespace: gw-system\n"
+        )
+    };
+    let own = Ca::root("Own").pem();
+    for object in [
+        extension.to_owned(),
+        secret(
+            "gw-system",
+            "base-ca",
+            true,
+            &[("ca.crt", &Ca::root("Base").pem())],
+        ),
+        route("member", "gateway"),
+        route("stranger", "other-gateway"),
+        registration("mcp.kuadrant.io/v1", "apps", "member", "own-ca"),
+        registration("mcp.kuadrant.io/v1", "apps", "stranger", "own-ca"),
+        secret("apps", "own-ca", true, &[("ca.crt", &own)]),
+    ] {
+        plane.apply(&object).await;
+    }
+    let certificates = |bundles: &serde_json::Value, name: &str| {
+        bundles
+            .as_array()
+            .and_then(|all| all.iter().find(|b| b["name"] == name))
+            .map(|b| b["certificates"].as_array().map_or(0, Vec::len))
+    };
+    let started = Instant::now();
+    loop {
+        let bundles: serde_json::Value = support::envoy::http_get(replica.admin_port, "/bundles")
+            .await
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
+            .unwrap_or_default();
+        let (member, stranger) = (
+            certificates(&bundles, "apps/member"),
+            certificates(&bundles, "apps/stranger"),
+        );
+        if member == Some(2) && stranger == Some(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "member {member:?}, stranger {stranger:?} certificates; /bundles: {bundles}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
