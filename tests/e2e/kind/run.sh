@@ -351,8 +351,7 @@ patches:
       path: /spec/template/spec/containers/0/imagePullPolicy
       value: Never
 EOF
-# The base lists ../crds.yaml, outside its directory: hence the load restrictor.
-k kustomize --load-restrictor LoadRestrictionsNone "$overlay" | k apply --server-side -f - >/dev/null
+k kustomize "$overlay" | k apply --server-side -f - >/dev/null
 k -n "$SYSTEM_NS" rollout status deployment/trust-sds --timeout=180s
 deadline=$(($(date +%s) + 60))
 until readyz="$(admin_get /readyz 2>/dev/null)"; do
