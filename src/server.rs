@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub stream_limits: crate::sds::limits::StreamLimits,
     /// Requests per stream that are not replies to responses.
     pub request_rate: crate::sds::limits::RateLimit,
+    /// With the Kubernetes source: the type of the condition written (`--condition-type`).
+    pub condition_type: String,
 }
 
 impl Default for ServeConfig {
@@ -56,6 +58,7 @@ impl Default for ServeConfig {
             max_request_bytes: 1 << 20,
             stream_limits: Default::default(),
             request_rate: Default::default(),
+            condition_type: crate::status_writer::DEFAULT_CONDITION_TYPE.to_owned(),
         }
     }
 }
@@ -129,6 +132,7 @@ pub async fn start_kube(
     use crate::status_writer::{self, StatusWriterConfig};
     let version = discover_registration_version(&client, namespace.as_deref()).await?;
     let (tx, rx) = mpsc::channel(1024);
+    let condition_type = config.condition_type.clone();
     let mut running = start(config, rx).await?;
     let source = KubeSource::new(client.clone(), namespace);
     running.background.push(tokio::spawn(async move {
@@ -139,6 +143,7 @@ pub async fn start_kube(
     let writer_config = StatusWriterConfig {
         registration_version: version.version().to_owned(),
         extension_version: version.version().to_owned(),
+        condition_type,
     };
     // One replica, or the Lease holder when several run, writes status.
     let (leader_tx, leader_rx) = watch::channel(lease.is_none());

@@ -22,12 +22,53 @@ use crate::status::{Condition, StatusTarget};
 
 pub const FIELD_MANAGER: &str = "trust-sds";
 
-/// Where conditions go: the served versions of both kinds.
+/// The condition type written unless `--condition-type` says otherwise.
+pub const DEFAULT_CONDITION_TYPE: &str = "Ready";
+
+/// Where conditions go: the served versions of both kinds, and the condition's type.
 #[derive(Clone, Debug)]
 pub struct StatusWriterConfig {
     /// e.g. `v1` or `v1alpha1`.
     pub registration_version: String,
     pub extension_version: String,
+    /// `Ready`, or another type when a controller beside trust-sds owns `Ready`.
+    pub condition_type: String,
+}
+
+/// Checks a condition type as the API server's validation of `metav1.Condition` would
+/// (an optional DNS-subdomain prefix and `/`, then a name of letters, digits, `-`, `_`,
+/// `.`, starting and ending alphanumeric; at most 316 characters), so a typo fails at
+/// start-up rather than on every status write.
+pub fn parse_condition_type(value: &str) -> Result<String, String> {
+    let (prefix, name) = match value.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, value),
+    };
+    let alnum_ends = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    let name_ok = alnum_ends(name)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|prefix| {
+        prefix.split('.').all(|label| {
+            alnum_ends(label)
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+    });
+    if value.len() <= 316 && name_ok && prefix_ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a valid condition type: use letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit (e.g. CACertificateReady), optionally \
+             after a DNS prefix and '/'"
+        ))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -40,13 +81,14 @@ struct Written {
 pub fn apply_body(
     api_version: &str,
     kind: &str,
+    condition_type: &str,
     condition: Option<&Condition>,
     last_transition: &str,
 ) -> serde_json::Value {
     let conditions: Vec<serde_json::Value> = condition
         .map(|c| {
             let mut v = json!({
-                "type": "Ready",
+                "type": condition_type,
                 "status": c.status_str(),
                 "reason": c.reason,
                 "message": c.message,
@@ -153,7 +195,13 @@ async fn write_changes(
         let name = match &target {
             StatusTarget::Registration(k) | StatusTarget::Extension(k) => k.name.clone(),
         };
-        let body = apply_body(&api_version, kind, want.as_deref(), &last_transition);
+        let body = apply_body(
+            &api_version,
+            kind,
+            &config.condition_type,
+            want.as_deref(),
+            &last_transition,
+        );
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
             Ok(_) => {
@@ -178,4 +226,36 @@ async fn write_changes(
     }
     written.retain(|t, w| current.contains_key(t) || w.condition.is_some());
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_types_are_checked_like_the_api_server_does() {
+        for good in [
+            "Ready",
+            "CACertificateReady",
+            "trust-sds.io/CACertificate",
+            "a.b_c-d",
+        ] {
+            assert_eq!(parse_condition_type(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "Ready!",
+            "-Ready",
+            "Ready.",
+            "Has Space",
+            "UPPER.io/Ready",
+            "/Ready",
+        ] {
+            let err = parse_condition_type(bad).unwrap_err();
+            assert!(
+                err.contains("is not a valid condition type"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

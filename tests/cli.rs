@@ -98,6 +98,22 @@ fn check_warns_about_expiring_and_expired_certificates() {
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
+/// A condition type the API server would refuse fails at start-up, saying what is allowed.
+#[test]
+fn serve_refuses_an_invalid_condition_type() {
+    let out = trust_sds()
+        .args(["serve", "--kube", "--condition-type", "CA Ready!"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"CA Ready!\" is not a valid condition type")
+            && stderr.contains("CACertificateReady"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn crd_prints_the_committed_crds() {
     let out = trust_sds().arg("crd").output().unwrap();

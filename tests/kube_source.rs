@@ -734,6 +734,7 @@ async fn a_writer_that_loses_the_lease_stops_before_its_next_write() {
     let config = StatusWriterConfig {
         registration_version: "v1".into(),
         extension_version: "v1".into(),
+        condition_type: "Ready".into(),
     };
     let writer = tokio::spawn(status_writer::run(
         fake.client(),
@@ -763,4 +764,42 @@ async fn a_writer_that_loses_the_lease_stops_before_its_next_write() {
         total - at_loss
     );
     drop(leader_tx);
+}
+
+/// Next to a controller that owns `Ready`, `--condition-type CACertificateReady` writes
+/// trust-sds's result under that type and leaves the other controller's `Ready` alone.
+#[tokio::test]
+async fn a_custom_condition_type_leaves_another_controllers_ready_alone() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    let theirs = json!({"type": "Ready", "status": "False", "reason": "RouteNotAccepted",
+        "message": "waiting for the route", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    fake.set_foreign_condition(REG, "team", "weather", "mcp-controller", theirs.clone());
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("A").pem())],
+    ));
+    let config = ServeConfig {
+        condition_type: "CACertificateReady".into(),
+        ..ServeConfig::default()
+    };
+    let _running = server::start_kube(config, fake.client(), None, None)
+        .await
+        .unwrap();
+    let ours = |fake: &FakeApiServer| {
+        fake.conditions(REG, "team", "weather")
+            .into_iter()
+            .find(|c| c["type"] == "CACertificateReady")
+    };
+    eventually("CACertificateReady written", || ours(&fake).is_some()).await;
+    let condition = ours(&fake).unwrap();
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "Valid");
+    assert_eq!(
+        fake.ready(REG, "team", "weather"),
+        Some(theirs),
+        "their Ready is untouched"
+    );
 }

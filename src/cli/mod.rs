@@ -135,6 +135,16 @@ struct ServeArgs {
     /// Largest request message accepted, in bytes; a larger one ends its stream.
     #[arg(long, default_value_t = 1 << 20)]
     max_request_bytes: usize,
+    /// With --kube: the type of the condition trust-sds writes. `Ready` (the default, what
+    /// the MCP gateway's operator guide expects) unless another controller already owns
+    /// `Ready` on these objects; then e.g. `CACertificateReady`.
+    #[arg(
+        long,
+        default_value = crate::status_writer::DEFAULT_CONDITION_TYPE,
+        value_parser = crate::status_writer::parse_condition_type,
+        env = "TRUST_SDS_CONDITION_TYPE"
+    )]
+    condition_type: String,
 }
 
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
@@ -198,6 +208,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         translate: TranslateConfig {
             expiry_warning_secs: args.expiry_warning_days * 86_400,
         },
+        condition_type: args.condition_type,
     };
     let running = match args.manifests {
         Some(dir) => server::start_manifests(config, dir, args.default_namespace).await?,
