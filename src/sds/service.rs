@@ -164,7 +164,7 @@ impl Machine for SotwStream {
             .map(String::as_str)
             .filter(|n| *n != "*")
             .collect();
-        (names, SotwStream::requested(self, req).1)
+        (names, self.wants_wildcard(req))
     }
     fn is_reply(&self, req: &DiscoveryRequest) -> bool {
         !req.response_nonce.is_empty() && self.is_same_subscription(req)

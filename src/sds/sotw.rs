@@ -114,16 +114,20 @@ impl SotwStream {
     /// named nothing is a legacy wildcard; once a request named something, the wildcard
     /// holds only while `*` is listed, and an empty list means no resources.
     pub fn requested(&self, req: &DiscoveryRequest) -> (BTreeSet<String>, bool) {
-        let mut wildcard = req.resource_names.is_empty() && !self.named;
-        let mut names = BTreeSet::new();
-        for name in &req.resource_names {
-            if name == "*" {
-                wildcard = true;
-            } else {
-                names.insert(name.clone());
-            }
-        }
-        (names, wildcard)
+        let names = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect();
+        (names, self.wants_wildcard(req))
+    }
+
+    /// The wildcard half of [`Self::requested`], without building the name set (what
+    /// authorization asks on every request).
+    pub fn wants_wildcard(&self, req: &DiscoveryRequest) -> bool {
+        req.resource_names.iter().any(|n| n == "*")
+            || (req.resource_names.is_empty() && !self.named)
     }
 
     /// Whether a request leaves the subscription as it is (an ACK or NACK, not a change).
