@@ -8,12 +8,19 @@
 //! replicas can never both win a race (the API server answers the loser with 409).
 //! When renewing fails or does not finish within `renew_every`, the replica steps down at
 //! once rather than risk two writers.
+//!
+//! Why not `kube-lease-manager` (0.13.1, which the project would rather use): it judges
+//! expiry as `renewTime + duration < local now`, tolerating skew only up to its `grace`.
+//! Against a real kube-apiserver, a holder whose clock runs an hour behind and renews every
+//! 200 ms had its Lease force-released within 200 ms and taken within a second (14 of 15
+//! checks), so two replicas wrote status at once. `tests/kube_source.rs`
+//! (`a_skewed_holder_that_renews_keeps_the_lease`) holds this module to the safe rule.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
@@ -163,7 +170,7 @@ async fn try_acquire_or_renew(
     config: &LeaseConfig,
     observed: &mut Observed,
 ) -> Result<bool, kube::Error> {
-    let now = MicroTime(Utc::now());
+    let now = MicroTime(Timestamp::now());
     let duration_secs = config.lease_duration.as_secs().max(1) as i32;
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
@@ -221,7 +228,7 @@ mod tests {
     use super::*;
 
     fn record(holder: &str, renewed_secs: i64) -> Record {
-        let at = k8s_openapi::chrono::DateTime::from_timestamp(renewed_secs, 0).unwrap();
+        let at = Timestamp::from_second(renewed_secs).unwrap();
         Record {
             holder: Some(holder.to_owned()),
             renew_time: Some(MicroTime(at)),

@@ -664,8 +664,9 @@ async fn a_skewed_holder_that_renews_keeps_the_lease() {
     let fake = FakeApiServer::start(&["v1"]).await;
     let (ns, name) = ("trust-sds-system", "trust-sds-status-writer");
     let hour_ago = || {
-        let t = k8s_openapi::chrono::Utc::now() - k8s_openapi::chrono::Duration::hours(1);
-        t.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true)
+        let t =
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+        format!("{t:.6}")
     };
     let peer_lease = |renewed: String| {
         json!({"holderIdentity": "skewed-peer", "leaseDurationSeconds": 3,

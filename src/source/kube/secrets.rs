@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
-use kube::runtime::{WatchStreamExt, metadata_watcher};
 use tokio::sync::mpsc;
 
 use super::health::Health;
@@ -35,9 +35,14 @@ pub(super) async fn secrets(
     .default_backoff()
     .map_ok(|e| e.modify(strip_secret))
     .map(|r| (true, r.map(|e| e.map(Either::Full))));
-    let meta = metadata_watcher(api::<Secret>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .map(|r| (false, r.map(|e| e.map(Either::Meta))));
+    // An `Api` of `PartialObjectMeta` asks for metadata only: unlabelled Secrets' data is
+    // never sent to us.
+    let meta = watcher(
+        api::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|r| (false, r.map(|e| e.map(Either::Meta))));
     let merged = futures::stream::select(full, meta);
     futures::pin_mut!(merged);
     let mut state = SecretMerge::default();
