@@ -4,7 +4,8 @@
 # (helm-python-sdk) for the chart check, grpcio (a gRPC C-core client) and cargo-nextest
 # (the test runner: each test in its own process, which the heap checks rely on); and a
 # real control plane (scripts/kube-apiserver.sh: kube-apiserver and kubectl built from the
-# Go module k8s.io/kubernetes, etcd from PyPI), cached under target/kube.
+# Go module k8s.io/kubernetes, etcd from PyPI), cached under target/kube. The Go client's
+# modules come from the Go module proxy (scripts/go-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,3 +50,5 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> tests"
 "$NEXTEST" nextest run --locked --no-fail-fast
+echo "==> Go client (go/): gofmt, go vet, go test -race against the release binary"
+./scripts/go-test.sh
