@@ -55,6 +55,9 @@ pub struct Metrics {
     pub snapshots: Counter,
     pub bundle_expiry: Family<ResourceLabels, Gauge>,
     pub statuses: Family<ReadyLabels, Gauge>,
+    /// Times another writer changed trust-sds's condition on an object (each one is
+    /// restored, after a backoff while it keeps happening).
+    pub status_conflicts: Counter,
     registry: Registry,
 }
 
@@ -82,6 +85,7 @@ impl Metrics {
             snapshots: Counter::default(),
             bundle_expiry: Family::default(),
             statuses: Family::default(),
+            status_conflicts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sds_streams", "Open SDS streams", m.streams.clone());
@@ -142,6 +146,11 @@ impl Metrics {
             m.bundle_expiry.clone(),
         );
         registry.register("statuses", "Ready conditions by value", m.statuses.clone());
+        registry.register(
+            "status_conflicts",
+            "Times another field manager overwrote trust-sds's condition on an object",
+            m.status_conflicts.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -134,17 +134,16 @@ pub async fn start_kube(
     let (tx, rx) = mpsc::channel(1024);
     let condition_type = config.condition_type.clone();
     let mut running = start(config, rx).await?;
-    let source = KubeSource::new(client.clone(), namespace);
+    let observed = Arc::new(status_writer::observed::Observed::new(
+        condition_type.clone(),
+    ));
+    let source = KubeSource::new(client.clone(), namespace).with_status_observer(observed.clone());
     running.background.push(tokio::spawn(async move {
         if let Err(e) = source.run(version, tx).await {
             tracing::error!(error = %e, "Kubernetes source stopped");
         }
     }));
-    let writer_config = StatusWriterConfig {
-        registration_version: version.version().to_owned(),
-        extension_version: version.version().to_owned(),
-        condition_type,
-    };
+    let writer_config = StatusWriterConfig::new(version.version(), &condition_type);
     // One replica, or the Lease holder when several run, writes status.
     let (leader_tx, leader_rx) = watch::channel(lease.is_none());
     match lease {
@@ -159,11 +158,18 @@ pub async fn start_kube(
         None => drop(leader_tx),
     }
     running.is_leader = leader_rx.clone();
-    let statuses = running.published.statuses.clone();
-    let health = running.published.health.clone();
-    running.background.push(tokio::spawn(async move {
-        status_writer::run(client, writer_config, statuses, leader_rx, health).await;
-    }));
+    let inputs = status_writer::Inputs {
+        statuses: running.published.statuses.clone(),
+        is_leader: leader_rx,
+        health: running.published.health.clone(),
+        observed,
+        metrics: running.metrics.clone(),
+    };
+    running.background.push(tokio::spawn(status_writer::run(
+        client,
+        writer_config,
+        inputs,
+    )));
     Ok(running)
 }
 

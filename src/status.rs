@@ -14,6 +14,14 @@ pub enum StatusTarget {
     Extension(ObjectKey),
 }
 
+impl StatusTarget {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            StatusTarget::Registration(k) | StatusTarget::Extension(k) => k,
+        }
+    }
+}
+
 /// A `Ready` condition (lastTransitionTime is the writer's business).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -558,6 +558,45 @@ async fn the_helm_chart_works_as_rendered_beside_another_field_manager() {
         managers.contains(&"trust-sds") && managers.contains(&"mcp-controller"),
         "{managers:?}"
     );
+
+    // A foreign write over trust-sds's Ready (an ordinary status update, as by hand) is
+    // written back, with its lastTransitionTime kept.
+    let conditions = object["status"]["conditions"].as_array().unwrap();
+    let index = conditions
+        .iter()
+        .position(|c| c["type"] == "Ready")
+        .unwrap();
+    let before = conditions[index]["lastTransitionTime"].clone();
+    let overwrite = serde_json::json!([
+        {"op": "replace", "path": format!("/status/conditions/{index}/status"), "value": "True"},
+        {"op": "replace", "path": format!("/status/conditions/{index}/message"), "value": "patched by hand"},
+    ]);
+    let (ok, _, err) = plane
+        .kubectl(&[
+            "patch",
+            "mcpserverregistrations.mcp.kuadrant.io",
+            "weather",
+            "-n",
+            "helm-tenant",
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &overwrite.to_string(),
+        ])
+        .await;
+    assert!(ok, "{err}");
+    expect_message(
+        &plane,
+        "helm-tenant",
+        "weather",
+        "False",
+        "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found",
+    )
+    .await;
+    let ready = ready_condition(&plane, "helm-tenant", "weather")
+        .await
+        .unwrap();
+    assert_eq!(ready["lastTransitionTime"], before);
 }
 
 /// A stand-in for the Gateway API's HTTPRoute CRD (written here, unvalidated: trust-sds reads

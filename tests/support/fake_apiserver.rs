@@ -13,7 +13,13 @@
 //! - 404 for resource versions the test says are not served;
 //! - server-side apply on the `status` subresource: `conditions` merged by `type`, each
 //!   condition owned by the field manager that applied it, a manager's conditions that are
-//!   absent from its next apply removed, other managers' conditions untouched.
+//!   absent from its next apply removed, other managers' conditions untouched; ownership
+//!   shown in `metadata.managedFields` (one entry per manager, naming the condition keys it
+//!   owns, as the real server writes them);
+//! - another client's status update (`set_foreign_condition`): a write with its own
+//!   `resourceVersion` and watch event, the condition then owned by that manager;
+//! - injected latency on status writes (`set_status_latency`), with the most writes ever in
+//!   flight at once counted (`max_status_writes_in_flight`).
 //!
 //! - a simulated outage: lists and watches answer 500 while it lasts;
 //! - a simulated hang: new lists and watches get no answer, and open watches deliver
@@ -50,14 +56,17 @@ struct Store {
     objects: BTreeMap<(String, String, String), Value>,
     log: Vec<Entry>,
     compacted: u64,
-    /// (resource, ns, name, condition type) -> manager.
-    owners: HashMap<(String, String, String, String), String>,
+    /// (resource, ns, name) -> condition type -> manager.
+    owners: HashMap<(String, String, String), BTreeMap<String, String>>,
     requests: Vec<String>,
     status_patches: usize,
     /// coordination.k8s.io Leases by (namespace, name).
     leases: BTreeMap<(String, String), Value>,
     /// Simulated outage: every list and watch answers 500.
     failing: bool,
+    status_latency: std::time::Duration,
+    status_in_flight: usize,
+    max_status_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -151,11 +160,13 @@ impl FakeApiServer {
         object["metadata"]["namespace"] = json!(ns);
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         object["metadata"]["generation"] = json!(generation);
-        // Writes to the main resource keep the status, as the real API server does.
+        // Writes to the main resource keep the status (and who owns it), as the real API
+        // server does.
         if let Some(status) = old.as_ref().and_then(|o| o.get("status"))
             && object.get("status").is_none()
         {
             object["status"] = status.clone();
+            object["metadata"]["managedFields"] = managed_fields(&store, &key);
         }
         store.objects.insert(key, object.clone());
         self.record(
@@ -269,7 +280,8 @@ impl FakeApiServer {
         self.lock().status_patches
     }
 
-    /// Sets a condition as another controller would (owned by `manager`).
+    /// Sets a condition as another client's status update would (then owned by
+    /// `manager`): a write with a new `resourceVersion` that watches see.
     pub fn set_foreign_condition(
         &self,
         kind: &str,
@@ -281,12 +293,14 @@ impl FakeApiServer {
         let resource = resource_of(kind).to_owned();
         let mut store = self.lock();
         let ctype = condition["type"].as_str().unwrap().to_owned();
-        store.owners.insert(
-            (resource.clone(), ns.to_owned(), name.to_owned(), ctype),
-            manager.to_owned(),
-        );
-        let key = (resource, ns.to_owned(), name.to_owned());
-        let object = store.objects.get_mut(&key).unwrap();
+        let key = (resource.clone(), ns.to_owned(), name.to_owned());
+        store
+            .owners
+            .entry(key.clone())
+            .or_default()
+            .insert(ctype, manager.to_owned());
+        let old = store.objects.get(&key).cloned();
+        let mut object = old.clone().unwrap();
         let list = object["status"]["conditions"]
             .as_array()
             .cloned()
@@ -297,7 +311,51 @@ impl FakeApiServer {
             .collect();
         list.push(condition);
         object["status"]["conditions"] = json!(list);
+        object["metadata"]["managedFields"] = managed_fields(&store, &key);
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        store.objects.insert(key, object.clone());
+        self.record(
+            &mut store,
+            Entry {
+                rv,
+                resource,
+                old,
+                new: Some(object),
+            },
+        );
     }
+
+    /// Every status write waits this long before it is carried out (a busy API server).
+    pub fn set_status_latency(&self, latency: std::time::Duration) {
+        self.lock().status_latency = latency;
+    }
+
+    /// The most status writes that were ever being handled at once.
+    pub fn max_status_writes_in_flight(&self) -> usize {
+        self.lock().max_status_in_flight
+    }
+}
+
+/// `metadata.managedFields` of the status subresource as the real server shows it: per
+/// manager, the `k:{"type":...}` keys of the conditions it owns.
+fn managed_fields(store: &Store, key: &(String, String, String)) -> Value {
+    let mut by_manager: BTreeMap<&str, serde_json::Map<String, Value>> = BTreeMap::new();
+    for (ctype, manager) in store.owners.get(key).into_iter().flatten() {
+        by_manager.entry(manager).or_default().insert(
+            format!("k:{}", json!({ "type": ctype })),
+            json!({".": {}, "f:type": {}, "f:status": {}, "f:reason": {}, "f:message": {}}),
+        );
+    }
+    by_manager
+        .into_iter()
+        .map(|(manager, conditions)| {
+            json!({"manager": manager, "operation": "Apply", "subresource": "status",
+                   "fieldsType": "FieldsV1",
+                   "fieldsV1": {"f:status": {"f:conditions": conditions}}})
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -580,7 +638,17 @@ async fn apply_status(
     );
     let manager = q.field_manager.expect("SSA needs a fieldManager");
     let patch: Value = serde_json::from_slice(&body).expect("JSON apply body");
+    let latency = {
+        let mut store = s.lock();
+        store.status_in_flight += 1;
+        store.max_status_in_flight = store.max_status_in_flight.max(store.status_in_flight);
+        store.status_latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut store = s.lock();
+    store.status_in_flight -= 1;
     store.requests.push(format!(
         "APPLY-STATUS {resource} {ns}/{name} manager={manager}"
     ));
@@ -601,39 +669,24 @@ async fn apply_status(
         .iter()
         .map(|c| c["type"].as_str().unwrap().to_owned())
         .collect();
+    let owners = store.owners.entry(key.clone()).or_default();
     let mut merged = Vec::new();
     for c in existing {
         let t = c["type"].as_str().unwrap_or_default().to_owned();
-        let owner = store
-            .owners
-            .get(&(resource.clone(), ns.clone(), name.clone(), t.clone()))
-            .cloned();
-        let ours = owner.as_deref() == Some(manager.as_str());
+        let ours = owners.get(&t) == Some(&manager);
         if applied_types.contains(&t) || ours {
             continue; // replaced below, or released by its owner
         }
         merged.push(c);
     }
-    for t in store
-        .owners
-        .keys()
-        .filter(|k| k.0 == resource && k.1 == ns && k.2 == name)
-        .cloned()
-        .collect::<Vec<_>>()
-    {
-        if store.owners[&t] == manager && !applied_types.contains(&t.3) {
-            store.owners.remove(&t);
-        }
-    }
+    owners.retain(|t, owner| *owner != manager || applied_types.contains(t));
     for c in applied {
         let t = c["type"].as_str().unwrap().to_owned();
-        store.owners.insert(
-            (resource.clone(), ns.clone(), name.clone(), t),
-            manager.clone(),
-        );
+        owners.insert(t, manager.clone());
         merged.push(c);
     }
     object["status"]["conditions"] = json!(merged);
+    object["metadata"]["managedFields"] = managed_fields(&store, &key);
     store.rv += 1;
     let rv = store.rv;
     let old = store.objects.get(&key).cloned();

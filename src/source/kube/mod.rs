@@ -16,6 +16,9 @@ mod secrets;
 use health::{Health, recovery_probe};
 use secrets::secrets;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
@@ -27,6 +30,8 @@ use crate::crd::convert;
 use crate::crd::registration;
 use crate::model::{Kind, Object, ObjectKey};
 use crate::pipeline::SourceEvent;
+use crate::status::StatusTarget;
+use crate::status_writer::observed::Observed;
 
 /// Which `MCPServerRegistration` version the cluster serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +59,42 @@ impl RegistrationVersion {
 pub struct KubeSource {
     client: Client,
     namespace: Option<String>,
+    observed: Option<Arc<Observed>>,
+}
+
+/// Hands each registration or extension, as the watch sees it, to the status writer, which
+/// compares the condition on the object with the one it computed.
+#[derive(Clone)]
+struct StatusTap {
+    observed: Arc<Observed>,
+    target: fn(ObjectKey) -> StatusTarget,
+}
+
+impl StatusTap {
+    fn for_kind(observed: &Option<Arc<Observed>>, kind: Kind) -> Option<Self> {
+        let target: fn(ObjectKey) -> StatusTarget = match kind {
+            Kind::Registration => StatusTarget::Registration,
+            Kind::Extension => StatusTarget::Extension,
+            Kind::Route | Kind::Secret => return None,
+        };
+        observed.clone().map(|observed| Self { observed, target })
+    }
+
+    fn object(&self, meta: &kube::api::ObjectMeta, value: &serde_json::Value) {
+        self.observed.object((self.target)(key_of(meta)), value);
+    }
+
+    fn deleted(&self, meta: &kube::api::ObjectMeta) {
+        self.observed.forget(&(self.target)(key_of(meta)));
+    }
+
+    /// After a (re-)list: forgets this kind's objects the list no longer has.
+    fn listed(&self, keys: &BTreeSet<ObjectKey>) {
+        let probe = (self.target)(ObjectKey::new("", ""));
+        self.observed.retain(|t| {
+            std::mem::discriminant(t) != std::mem::discriminant(&probe) || keys.contains(t.key())
+        });
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -99,7 +140,17 @@ pub async fn discover_registration_version(
 
 impl KubeSource {
     pub fn new(client: Client, namespace: Option<String>) -> Self {
-        Self { client, namespace }
+        Self {
+            client,
+            namespace,
+            observed: None,
+        }
+    }
+
+    /// Reports every registration's and extension's conditions to the status writer.
+    pub fn with_status_observer(mut self, observed: Arc<Observed>) -> Self {
+        self.observed = Some(observed);
+        self
     }
 
     /// Watches until `events` closes. `version` comes from [`discover_registration_version`].
@@ -157,6 +208,7 @@ impl KubeSource {
             "MCPServerRegistration",
             Kind::Registration,
             move |o| decode_dynamic(o, group_version, "MCPServerRegistration"),
+            StatusTap::for_kind(&self.observed, Kind::Registration),
             events.clone(),
             health.clone(),
         );
@@ -178,6 +230,7 @@ impl KubeSource {
                 "MCPGatewayExtension",
                 Kind::Extension,
                 move |o| decode_dynamic(o, group_version, "MCPGatewayExtension"),
+                StatusTap::for_kind(&self.observed, Kind::Extension),
                 events.clone(),
                 health.clone(),
             )
@@ -201,6 +254,7 @@ impl KubeSource {
                 "HTTPRoute",
                 Kind::Route,
                 |o| decode_dynamic(o, ROUTE_API, "HTTPRoute"),
+                None,
                 events.clone(),
                 health.clone(),
             )
@@ -291,15 +345,10 @@ fn dynamic_api(
 
 /// A watched object as the manifests parser would see it (same conversion, same errors).
 fn decode_dynamic(
-    object: &DynamicObject,
+    mut value: serde_json::Value,
     api_version: &str,
     kind: &str,
 ) -> Result<Object, convert::DecodeError> {
-    let invalid = |source| convert::DecodeError::Invalid {
-        kind: kind.to_owned(),
-        source,
-    };
-    let mut value = serde_json::to_value(object).map_err(invalid)?;
     value["apiVersion"] = serde_json::Value::from(api_version);
     value["kind"] = serde_json::Value::from(kind);
     convert::decode_document(value, "default")?.ok_or_else(|| convert::DecodeError::MissingName {
@@ -307,27 +356,42 @@ fn decode_dynamic(
     })
 }
 
-/// Forwards one watcher's events, buffering a (re-)list into one `Reset`.
-async fn forward<K, S>(
+/// Forwards one watcher's events, buffering a (re-)list into one `Reset`; with a `tap`,
+/// also each object's conditions to the status writer.
+async fn forward<S>(
     stream: S,
     watcher_name: &'static str,
     kind: Kind,
-    convert: impl Fn(&K) -> Result<Object, convert::DecodeError> + Send,
+    convert: impl Fn(serde_json::Value) -> Result<Object, convert::DecodeError> + Send,
+    tap: Option<StatusTap>,
     events: mpsc::Sender<SourceEvent>,
     health: Health,
 ) where
-    K: Resource + Clone + std::fmt::Debug + Send + 'static,
-    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    S: Stream<Item = Result<Event<DynamicObject>, watcher::Error>> + Send,
 {
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
     let mut buffer = Vec::new();
-    let decode = |k: &K| match convert(k) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            // One bad object never breaks a watch.
-            tracing::warn!(watcher = watcher_name, error = %e, "object skipped");
-            None
+    let mut listed = BTreeSet::new();
+    let decode = |k: &DynamicObject| {
+        let decoded = serde_json::to_value(k)
+            .map_err(|source| convert::DecodeError::Invalid {
+                kind: watcher_name.to_owned(),
+                source,
+            })
+            .and_then(|value| {
+                if let Some(tap) = &tap {
+                    tap.object(&k.metadata, &value);
+                }
+                convert(value)
+            });
+        match decoded {
+            Ok(o) => Some(o),
+            Err(e) => {
+                // One bad object never breaks a watch.
+                tracing::warn!(watcher = watcher_name, error = %e, "object skipped");
+                None
+            }
         }
     };
     while let Some(item) = stream.next().await {
@@ -341,13 +405,18 @@ async fn forward<K, S>(
         let out = match event {
             Event::Init => {
                 buffer.clear();
+                listed.clear();
                 None
             }
             Event::InitApply(k) => {
+                listed.insert(key_of(&k.metadata));
                 buffer.extend(decode(&k));
                 None
             }
             Event::InitDone => {
+                if let Some(tap) = &tap {
+                    tap.listed(&std::mem::take(&mut listed));
+                }
                 let list = std::mem::take(&mut buffer);
                 if events.send(SourceEvent::Reset(kind, list)).await.is_err() {
                     return;
@@ -356,7 +425,12 @@ async fn forward<K, S>(
                 None
             }
             Event::Apply(k) => decode(&k).map(SourceEvent::Apply),
-            Event::Delete(k) => Some(SourceEvent::Delete(kind, key_of(k.meta()))),
+            Event::Delete(k) => {
+                if let Some(tap) = &tap {
+                    tap.deleted(&k.metadata);
+                }
+                Some(SourceEvent::Delete(kind, key_of(k.meta())))
+            }
         };
         health.healthy(watcher_name).await;
         if let Some(out) = out
