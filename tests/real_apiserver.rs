@@ -516,14 +516,7 @@ async fn the_helm_chart_works_as_rendered_beside_another_field_manager() {
             Some(&broken),
         )
         .await;
-    expect_message(
-        &plane,
-        "helm-tenant",
-        "weather",
-        "False",
-        "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found",
-    )
-    .await;
+    expect_message(&plane, "helm-tenant", "weather", "False", BROKEN_MESSAGE).await;
     let (_, out, _) = plane
         .kubectl(&[
             "get",
@@ -585,19 +578,16 @@ async fn the_helm_chart_works_as_rendered_beside_another_field_manager() {
         ])
         .await;
     assert!(ok, "{err}");
-    expect_message(
-        &plane,
-        "helm-tenant",
-        "weather",
-        "False",
-        "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found",
-    )
-    .await;
+    expect_message(&plane, "helm-tenant", "weather", "False", BROKEN_MESSAGE).await;
     let ready = ready_condition(&plane, "helm-tenant", "weather")
         .await
         .unwrap();
     assert_eq!(ready["lastTransitionTime"], before);
 }
+
+/// Ready's message for a Secret whose `ca.crt` is "not a certificate".
+const BROKEN_MESSAGE: &str =
+    "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found";
 
 /// A stand-in for the Gateway API's HTTPRoute CRD (written here, unvalidated: trust-sds reads
 /// only `spec.parentRefs`), so HTTPRoutes are served as in a cluster with the Gateway API.

@@ -168,16 +168,7 @@ impl FakeApiServer {
             object["status"] = status.clone();
             object["metadata"]["managedFields"] = managed_fields(&store, &key);
         }
-        store.objects.insert(key, object.clone());
-        self.record(
-            &mut store,
-            Entry {
-                rv,
-                resource,
-                old,
-                new: Some(object),
-            },
-        );
+        self.put(&mut store, key, object, rv, old);
     }
 
     pub fn delete(&self, kind: &str, ns: &str, name: &str) {
@@ -201,6 +192,28 @@ impl FakeApiServer {
                 },
             );
         }
+    }
+
+    /// Stores a written object at `rv` and tells the watches.
+    fn put(
+        &self,
+        store: &mut Store,
+        key: (String, String, String),
+        object: Value,
+        rv: u64,
+        old: Option<Value>,
+    ) {
+        let resource = key.0.clone();
+        store.objects.insert(key, object.clone());
+        self.record(
+            store,
+            Entry {
+                rv,
+                resource,
+                old,
+                new: Some(object),
+            },
+        );
     }
 
     fn record(&self, store: &mut Store, entry: Entry) {
@@ -315,16 +328,7 @@ impl FakeApiServer {
         store.rv += 1;
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        store.objects.insert(key, object.clone());
-        self.record(
-            &mut store,
-            Entry {
-                rv,
-                resource,
-                old,
-                new: Some(object),
-            },
-        );
+        self.put(&mut store, key, object, rv, old);
     }
 
     /// Every status write waits this long before it is carried out (a busy API server).
