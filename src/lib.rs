@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod status_writer;
+pub mod sync;
 pub mod tls;
 pub mod translate;
 pub mod uds;

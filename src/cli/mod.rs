@@ -4,6 +4,7 @@ mod check;
 mod envoy_config;
 mod probe;
 mod status;
+mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ enum Command {
     /// Do an MCP `initialize` over HTTPS against an upstream, trusting what trust-sds serves
     /// for a registration (as the broker does).
     Probe(probe::ProbeArgs),
+    /// Keep a registration's trust bundle in a PEM file (for consumers that read files:
+    /// SSL_CERT_FILE, Python or Node MCP clients, nginx), as a sidecar or, with --once, an
+    /// init container.
+    Sync(Box<sync::SyncArgs>),
     /// Print the CustomResourceDefinitions generated from the Rust types.
     Crd,
     /// Print Envoy clusters (or a bootstrap) that verify an upstream with a served bundle.
@@ -168,6 +173,10 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
         Command::Probe(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(probe::run(args))
+        }
+        Command::Sync(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(sync::run(*args, shutdown_signal()))
         }
         Command::EnvoyConfig(args) => envoy_config::run(&args),
         Command::Crd => {

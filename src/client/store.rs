@@ -20,7 +20,8 @@ pub enum TrustEvent {
         version: String,
         at: std::time::Instant,
     },
-    /// The server withdrew `name`: connections to it now fail closed.
+    /// The server withdrew `name`, or (Delta, `--unknown-names not-found`) says it does not
+    /// serve it: connections to it fail closed.
     Removed {
         name: String,
     },
@@ -42,6 +43,9 @@ pub struct TrustState {
     pub verifier: Arc<WebPkiServerVerifier>,
     /// Number of certificates served for this name (system roots not counted).
     pub served_certificates: usize,
+    /// The served bundle as canonical PEM (the bytes trust-sds serves), for consumers that
+    /// need the certificates themselves, such as `trust-sds sync`.
+    pub pem: Arc<str>,
 }
 
 impl std::fmt::Debug for TrustState {
@@ -112,6 +116,7 @@ impl Stores {
             version: version.to_owned(),
             verifier,
             served_certificates: served.len(),
+            pem: bundle.pem().into(),
         };
         let count = {
             let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
@@ -127,6 +132,9 @@ impl Stores {
         Ok(())
     }
 
+    /// Drops `name`'s trust. The event is sent even when there was none: a server that
+    /// answers unknown names with not-found says so through a removal, and a consumer
+    /// waiting for the name (`trust-sds sync --once`) must learn that it will not come.
     pub(crate) fn remove(&self, name: &str) {
         let (removed, count) = {
             let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
@@ -134,10 +142,10 @@ impl Stores {
         };
         if removed {
             self.ready.send_replace(count);
-            let _ = self.events.send(TrustEvent::Removed {
-                name: name.to_owned(),
-            });
         }
+        let _ = self.events.send(TrustEvent::Removed {
+            name: name.to_owned(),
+        });
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TrustState>> {
