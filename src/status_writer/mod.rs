@@ -184,6 +184,14 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
     let mut full = true;
     loop {
         if *is_leader.borrow_and_update() {
+            // Woken by something else (an observed object, a due correction), the computed
+            // conditions may have changed too: taking them marks the change seen, so the
+            // pass must then look at every target, or the ones that changed are missed
+            // until the next full pass (seen on a real API server: an extension created
+            // with its registration's new condition in one batch).
+            if statuses.has_changed().unwrap_or(false) {
+                full = true;
+            }
             let current = statuses.borrow_and_update().clone();
             let mut targets = writer.observed.take_dirty();
             let now = Instant::now();
@@ -288,6 +296,7 @@ impl Writer {
                 self.written.get(&target),
                 &now_text,
             );
+            tracing::trace!(?target, ?decision, "status decision");
             let last_transition = match decision {
                 Decision::Keep => {
                     self.deferred.remove(&target);
