@@ -7,5 +7,6 @@ pub mod fake_apiserver;
 pub mod manifests;
 pub mod objects;
 pub mod pki;
+pub mod replicas;
 pub mod sds;
 pub mod upstream;

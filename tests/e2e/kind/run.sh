@@ -13,7 +13,9 @@
 # answering an MCP initialize), then walks docs/operator-guide.md:
 #   0. the pod holds the Lease, and its ServiceAccount can do what the code needs and
 #      nothing more (kubectl auth can-i);
-#   1. labelled CA Secret + MCPServerRegistration -> Ready=True (kubectl wait), written by
+#   1-5 are the steps of tests/e2e/scenario.steps (shared with tests/e2e_scenario.rs,
+#   which walks them without Docker), read by run_step below:
+#   1. labelled CA Secret + MCPServerRegistration -> Ready=True, written by
 #      server-side apply on the status subresource with field manager trust-sds; probe OK;
 #   2. every failure message by editing the Secret (wrong key, oversized, garbage, private
 #      key, leaf certificate) with fail static; unlabel and delete withdraw;
@@ -440,6 +442,7 @@ step "roots A, B, G; leaves for $UPSTREAM_HOST from A and B"
 
 log "HTTPS upstream $UPSTREAM_URL (nginx)"
 k create namespace "$NS" >/dev/null
+k create namespace "$GW_NS" >/dev/null
 k -n "$NS" create secret tls weather-tls --cert "$PKI/leaf-a.crt" --key "$PKI/leaf-a.key" >/dev/null
 k -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -500,12 +503,46 @@ EOF
 k -n "$NS" rollout status deployment/weather --timeout=120s >/dev/null
 step "upstream serves leaf-a.crt (CA A)"
 
-# ---------------------------------------------------------------------------- 1. the guide
+# ---------------------------------------------------------------------------- 1-5. the scenario
 
-log "1. operator guide: labelled CA Secret + MCPServerRegistration"
-k create secret generic weather-ca --from-file=ca.crt="$PKI/ca-a.crt" -n "$NS" >/dev/null
-k label secret weather-ca "$LABEL=true" -n "$NS" >/dev/null
-k -n "$NS" apply -f - >/dev/null <<EOF
+# The operator's scenario is tests/e2e/scenario.steps, shared with tests/e2e_scenario.rs
+# (the same steps without Docker: a real kube-apiserver, two replicas, Envoy); each
+# operation is documented there. A `case` arm below per operation (a test checks that).
+declare -A VARS=()
+SINCE=""
+
+# fill TEXT: the steps' placeholders replaced.
+fill() {
+  local text=$1 name
+  text=${text//\{NS\}/$NS}
+  text=${text//\{GW_NS\}/$GW_NS}
+  text=${text//\{HOST\}/$UPSTREAM_HOST}
+  for name in "${!VARS[@]}"; do
+    text=${text//\{$name\}/${VARS[$name]}}
+  done
+  [[ $text != *"{"* ]] || fail "unknown placeholder in: $text"
+  printf '%s' "$text"
+}
+
+# ns_of ns|gw: the namespace a step names.
+ns_of() {
+  case $1 in
+  ns) printf '%s' "$NS" ;;
+  gw) printf '%s' "$GW_NS" ;;
+  *) fail "namespace selector $1: want ns or gw" ;;
+  esac
+}
+
+# run_step OP WORDS...: one step of tests/e2e/scenario.steps.
+run_step() {
+  local op=$1 deadline have from t0 line
+  shift
+  case $op in
+  section)
+    log "$*"
+    ;;
+  register)
+    k -n "$NS" apply -f - >/dev/null <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -526,188 +563,147 @@ spec:
   path: /mcp
   targetRef: { group: gateway.networking.k8s.io, kind: HTTPRoute, name: weather-route }
   caCertSecretRef: { name: weather-ca }
-EOF
-k -n "$NS" wait --for=condition=Ready mcpserverregistration/weather --timeout="${STATUS_TIMEOUT_SECONDS}s" >/dev/null
-k -n "$NS" get mcpsr
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
-managers="$(k -n "$NS" get mcpserverregistration weather --show-managed-fields \
-  -o 'jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource}{"\n"}{end}')"
-grep -qx 'trust-sds/Apply/status' <<<"$managers" ||
-  fail "Ready must be written by server-side apply on status, field manager trust-sds; managers: $managers"
-step "written by field manager trust-sds (Apply on the status subresource)"
-V_A="$(version_in "$LAST_MESSAGE")"
-[[ -n $V_A && $(served_version "$NS/weather") == "$V_A" ]] ||
-  fail "served version of $NS/weather is not $V_A"
-probe_once initial || fail "the probe must trust the upstream signed by CA A"
-
-# ---------------------------------------------------------------------------- 2. messages
-
-log "2. every failure message, fail static and withdrawal"
-KEPT="; the last valid bundle (version $V_A) is still served"
-
-put_ca_secret weather-ca tls.crt "$PKI/ca-a.crt" true
-expect_ready mcpserverregistration weather False CACertSecretMissingKey \
-  "CA certificate secret weather-ca missing key ca.crt$KEPT"
-
-put_ca_secret weather-ca ca.crt "$PKI/big.pem" true
-expect_ready mcpserverregistration weather False CACertTooLarge \
-  "CA certificate data in secret weather-ca exceeds maximum size (65536 bytes)$KEPT"
-
-put_ca_secret weather-ca ca.crt "$PKI/garbage.txt" true
-expect_ready mcpserverregistration weather False CACertInvalid \
-  "CA certificate in secret weather-ca is invalid: no valid PEM certificate blocks found$KEPT"
-[[ $(served_version "$NS/weather") == "$V_A" ]] || fail "fail static: $V_A must still be served"
-probe_once fail-static || fail "fail static: the probe must still trust CA A"
-
-put_ca_secret weather-ca ca.crt "$PKI/ca-a.key" true
-expect_ready mcpserverregistration weather False CACertInvalid \
-  "CA certificate in secret weather-ca is invalid: unexpected PEM block type \"PRIVATE KEY\", expected CERTIFICATE$KEPT"
-key_line="$(sed -n 2p "$PKI/ca-a.key")"
-[[ $LAST_MESSAGE != *"$key_line"* ]] || fail "the status message quotes private key bytes"
-
-put_ca_secret weather-ca ca.crt "$PKI/leaf-a.crt" true
-expect_ready mcpserverregistration weather False CACertInvalid \
-  "CA certificate in secret weather-ca is invalid: certificate for \"$UPSTREAM_HOST\" is not a CA certificate$KEPT"
-
-put_ca_secret weather-ca ca.crt "$PKI/ca-a.crt" true
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version $V_A)"
-
-k -n "$NS" label secret weather-ca "$LABEL-" >/dev/null
-expect_ready mcpserverregistration weather False CACertSecretMissingLabel \
-  "CA certificate secret weather-ca is missing required label mcp.kuadrant.io/secret=true"
-[[ -z $(served_version "$NS/weather") ]] || fail "an unlabelled Secret's bundle must be withdrawn"
-if probe_once withdrawn --timeout 3s; then fail "a withdrawn bundle must fail closed"; fi
-
-k -n "$NS" label secret weather-ca "$LABEL=true" >/dev/null
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version $V_A)"
-
-k -n "$NS" delete secret weather-ca >/dev/null
-expect_ready mcpserverregistration weather False CACertSecretNotFound \
-  "CA certificate secret weather-ca not found"
-[[ -z $(served_version "$NS/weather") ]] || fail "a deleted Secret's bundle must be withdrawn"
-
-k create secret generic weather-ca --from-file=ca.crt="$PKI/ca-a.crt" -n "$NS" >/dev/null
-k label secret weather-ca "$LABEL=true" -n "$NS" >/dev/null
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version $V_A)"
-step "same content, same version after delete and re-create: $V_A"
-
-# ---------------------------------------------------------------------------- 3. rotation
-
-log "3. CA rotation, followed live by trust-sds probe --watch"
-start_probe probe-watch --watch
-k -n "$NS" wait --for=condition=Ready pod/probe-watch --timeout=60s >/dev/null
-deadline=$(($(date +%s) + 30))
-until [[ $(watch_log) == *"initialize: HTTP 2"* ]]; do
-  (($(date +%s) < deadline)) || fail "the watch probe never succeeded; its log:
+YAML
+    step "HTTPRoute weather-route and MCPServerRegistration weather in $NS"
+    ;;
+  secret) # ns|gw NAME KEY FILE labelled|unlabelled
+    OBJ_NS="$(ns_of "$1")" put_ca_secret "$2" "$3" "$PKI/$4" "$([[ $5 == labelled ]] && echo true || echo false)"
+    ;;
+  label) # ns|gw NAME on|off
+    if [[ $3 == on ]]; then
+      k -n "$(ns_of "$1")" label secret "$2" "$LABEL=true" --overwrite >/dev/null
+    else
+      k -n "$(ns_of "$1")" label secret "$2" "$LABEL-" >/dev/null
+    fi
+    ;;
+  delete) # ns|gw NAME
+    k -n "$(ns_of "$1")" delete secret "$2" >/dev/null
+    ;;
+  expect) # registration|extension NAME STATUS REASON exact|prefix MESSAGE...
+    local kind=$1 name=$2 status=$3 reason=$4 mode=$5
+    shift 5
+    case $kind in
+    registration) expect_ready mcpserverregistration "$name" "$status" "$reason" "$(fill "$*")" "$mode" ;;
+    extension) in_gw_ns expect_ready mcpgatewayextension "$name" "$status" "$reason" "$(fill "$*")" "$mode" ;;
+    *) fail "expect $kind: want registration or extension" ;;
+    esac
+    ;;
+  managed-by) # registration NAME MANAGER/OPERATION/SUBRESOURCE
+    have="$(k -n "$NS" get mcpserverregistration "$2" --show-managed-fields \
+      -o 'jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}/{.subresource}{"\n"}{end}')"
+    grep -qx "$3" <<<"$have" || fail "want a managedFields entry $3; have: $have"
+    step "written by $3 (server-side apply)"
+    ;;
+  remember) # VAR
+    VARS[$1]="$(version_in "$LAST_MESSAGE")"
+    [[ -n ${VARS[$1]} ]] || fail "no version in: $LAST_MESSAGE"
+    ;;
+  differs) # VAR
+    [[ $(version_in "$LAST_MESSAGE") != "${VARS[$1]:-}" ]] || fail "the version must differ from $1"
+    ;;
+  served) # RESOURCE VERSION|none
+    local resource want
+    resource="$(fill "$1")"
+    want="$([[ $2 == none ]] || fill "$2")"
+    deadline=$(($(date +%s) + STATUS_TIMEOUT_SECONDS))
+    until [[ $(served_version "$resource") == "$want" ]]; do
+      (($(date +%s) < deadline)) || fail "$resource: want \"$want\" served, have \"$(served_version "$resource")\""
+      sleep 0.5
+    done
+    step "$resource: served \"$want\""
+    ;;
+  not-quoting) # FILE
+    while IFS= read -r line; do
+      [[ -z $line || $line == -----* || $LAST_MESSAGE != *"$line"* ]] || fail "the status message quotes $1"
+    done <"$PKI/$1"
+    ;;
+  since) # save|same
+    have="$(ready_since mcpserverregistration weather)"
+    if [[ $1 == save ]]; then
+      SINCE=$have
+    else
+      [[ $have == "$SINCE" ]] || fail "lastTransitionTime must stay $SINCE while Ready stays True (have $have)"
+    fi
+    ;;
+  probe) # ok|refused LABEL
+    local want=$1
+    if [[ $want == ok ]]; then
+      probe_once "$2" || fail "probe $2: the upstream must be trusted"
+    elif probe_once "$2" --timeout 3s; then
+      fail "probe $2: the upstream must be refused"
+    fi
+    ;;
+  upstream) # LEAF
+    set_upstream_leaf "$1"
+    ;;
+  watch)
+    start_probe probe-watch --watch
+    k -n "$NS" wait --for=condition=Ready pod/probe-watch --timeout=60s >/dev/null
+    deadline=$(($(date +%s) + 30))
+    until [[ $(watch_log) == *"initialize: HTTP 2"* ]]; do
+      (($(date +%s) < deadline)) || fail "the watch probe never succeeded; its log:
 $(watch_log)"
-  sleep 0.5
-done
-step "watch probe trusts the upstream"
-
-set_upstream_leaf leaf-b
-if probe_once untrusted-b; then fail "an upstream signed by CA B must be refused before B is served"; fi
-
-from=$(watch_log | wc -l)
-t0=$(now_ms)
-put_ca_secret weather-ca ca.crt "$PKI/ca-ab.crt" true
-wait_watch_recovers "$from" "$t0" "A+B served"
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 2 certificate(s) served as $NS/weather (version " prefix
-since="$(ready_since mcpserverregistration weather)"
-
-from=$(watch_log | wc -l)
-t0=$(now_ms)
-put_ca_secret weather-ca ca.crt "$PKI/ca-b.crt" true
-wait_watch_recovers "$from" "$t0" "B only served"
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
-[[ $(version_in "$LAST_MESSAGE") != "$V_A" ]] || fail "B must have another version than A"
-[[ $(ready_since mcpserverregistration weather) == "$since" ]] ||
-  fail "lastTransitionTime must stay $since while Ready stays True"
-probe_once rotated || fail "the rotated trust must be used by new connections"
-
-set_upstream_leaf leaf-a
-if probe_once revoked-a; then fail "CA A was rotated out: an upstream signed by A must be refused"; fi
-set_upstream_leaf leaf-b
-
-# ---------------------------------------------------------------------------- 4. gateway
-
-log "4. gateway-wide bundle (MCPGatewayExtension.spec.caCertBundleRef), through the HTTPRoute"
-# The extension lives in another namespace than the registration: only the route's
-# parentRef (Gateway $GW_NS/mcp-gateway) ties them, so this needs the HTTPRoute watch.
-k create namespace "$GW_NS" >/dev/null
-in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
-k -n "$GW_NS" apply -f - >/dev/null <<EOF
+      sleep 0.5
+    done
+    step "watch probe trusts the upstream"
+    ;;
+  rotate) # FILE LABEL...
+    local file=$1
+    shift
+    from=$(watch_log | wc -l)
+    t0=$(now_ms)
+    put_ca_secret weather-ca ca.crt "$PKI/$file" true
+    wait_watch_recovers "$from" "$t0" "$*"
+    ;;
+  extension) # NAME SECRET
+    k -n "$GW_NS" apply -f - >/dev/null <<YAML
 apiVersion: mcp.kuadrant.io/v1
 kind: MCPGatewayExtension
 metadata:
-  name: mcp-gateway
+  name: $1
 spec:
   targetRef: { group: gateway.networking.k8s.io, kind: Gateway, name: mcp-gateway, sectionName: mcp }
-  caCertBundleRef: { name: gateway-ca }
-EOF
-in_gw_ns expect_ready mcpgatewayextension mcp-gateway True Valid \
-  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$GW_NS/mcp-gateway and added to every bundle of this gateway (version " prefix
-[[ -n $(served_version "gateway/$GW_NS/mcp-gateway") ]] || fail "gateway/$GW_NS/mcp-gateway must be served"
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) with 1 from the gateway bundle served as $NS/weather (version " prefix
-probe_once with-gateway-bundle || fail "adding the gateway bundle must keep the upstream trusted"
+  caCertBundleRef: { name: $2 }
+YAML
+    ;;
+  route) # GATEWAY
+    k -n "$NS" patch httproute weather-route --type=json \
+      -p "[{\"op\": \"replace\", \"path\": \"/spec/parentRefs/0/name\", \"value\": \"$1\"}]" >/dev/null
+    step "weather-route's parent: Gateway $GW_NS/$1"
+    ;;
+  handoff)
+    k -n "$SYSTEM_NS" scale deployment/trust-sds --replicas=2 >/dev/null
+    k -n "$SYSTEM_NS" rollout status deployment/trust-sds --timeout=180s >/dev/null
+    local old holder
+    old="$(lease_holder)"
+    [[ -n $old ]] || fail "the Lease has no holder"
+    step "holder: $old"
+    k -n "$SYSTEM_NS" delete pod "$old" --wait=false >/dev/null
+    # The deleted holder releases the Lease on SIGTERM: another replica takes it at its
+    # next check (every 5 s), or once it has not been renewed for 15 s if the release failed.
+    deadline=$(($(date +%s) + 60))
+    while :; do
+      holder="$(lease_holder)"
+      if [[ -n $holder && $holder != "$old" ]] && k -n "$SYSTEM_NS" get pod "$holder" >/dev/null 2>&1; then
+        break
+      fi
+      (($(date +%s) < deadline)) || fail "no replica took the Lease over from $old (holder: \"$holder\")"
+      sleep 1
+    done
+    step "new holder: $holder"
+    ;;
+  *)
+    fail "tests/e2e/scenario.steps: unknown operation $op"
+    ;;
+  esac
+}
 
-# Route edits are followed live: another parent Gateway drops the base, and back.
-k -n "$NS" patch httproute weather-route --type=json \
-  -p '[{"op": "replace", "path": "/spec/parentRefs/0/name", "value": "another-gateway"}]' >/dev/null
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
-k -n "$NS" patch httproute weather-route --type=json \
-  -p '[{"op": "replace", "path": "/spec/parentRefs/0/name", "value": "mcp-gateway"}]' >/dev/null
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) with 1 from the gateway bundle served as $NS/weather (version " prefix
-step "the HTTPRoute's parentRefs decide gateway membership"
-
-k -n "$GW_NS" label secret gateway-ca "$LABEL-" >/dev/null
-in_gw_ns expect_ready mcpgatewayextension mcp-gateway False CABundleSecretMissingLabel \
-  "CA bundle secret gateway-ca is missing required label mcp.kuadrant.io/secret=true"
-[[ -z $(served_version "gateway/$GW_NS/mcp-gateway") ]] || fail "the unlabelled gateway bundle must be withdrawn"
-expect_ready mcpserverregistration weather True Valid \
-  "CA certificate secret weather-ca is valid: 1 certificate(s) served as $NS/weather (version " prefix
-step "registrations keep serving their own CA"
-
-in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/huge.pem" true
-in_gw_ns expect_ready mcpgatewayextension mcp-gateway False CABundleTooLarge \
-  "CA bundle data in secret gateway-ca exceeds maximum size (262144 bytes)"
-
-probe_once final || fail "the upstream must still be trusted at the end"
-
-# ---------------------------------------------------------------------------- 5. replicas
-
-log "5. two replicas: only the Lease holder writes status, and another one takes over"
-k -n "$SYSTEM_NS" scale deployment/trust-sds --replicas=2 >/dev/null
-k -n "$SYSTEM_NS" rollout status deployment/trust-sds --timeout=180s >/dev/null
-old="$(lease_holder)"
-[[ -n $old ]] || fail "the Lease has no holder"
-step "holder: $old"
-k -n "$SYSTEM_NS" delete pod "$old" --wait=false >/dev/null
-# The deleted holder releases the Lease on SIGTERM: another replica takes it at its next
-# check (every 5 s), or once it has not been renewed for 15 s if the release failed.
-deadline=$(($(date +%s) + 60))
-while :; do
-  holder="$(lease_holder)"
-  if [[ -n $holder && $holder != "$old" ]] && k -n "$SYSTEM_NS" get pod "$holder" >/dev/null 2>&1; then
-    break
-  fi
-  (($(date +%s) < deadline)) || fail "no replica took the Lease over from $old (holder: \"$holder\")"
-  sleep 1
-done
-step "new holder: $holder"
-in_gw_ns put_ca_secret gateway-ca ca.crt "$PKI/ca-g.crt" true
-in_gw_ns expect_ready mcpgatewayextension mcp-gateway True Valid \
-  "CA bundle secret gateway-ca is valid: 1 certificate(s) served as gateway/$GW_NS/mcp-gateway and added to every bundle of this gateway (version " prefix
-step "the new holder writes status"
-
+# Read on descriptor 3: the steps' commands keep the script's stdin.
+# `read -a` splits a line into words without globbing; `$*` joins a message back.
+while read -r -u 3 -a words; do
+  ((${#words[@]})) && [[ ${words[0]} != \#* ]] || continue
+  run_step "${words[@]}"
+done 3<"$REPO/tests/e2e/scenario.steps"
 # ---------------------------------------------------------------------------- 6. mTLS
 
 log "6. mutual TLS and an authorization policy on the SDS port (deploy/kustomize/README.md patch)"
