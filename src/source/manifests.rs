@@ -194,7 +194,7 @@ impl ManifestsSource {
     /// Scans now, then on every change until `events` closes.
     pub async fn run(mut self, events: mpsc::Sender<SourceEvent>) -> anyhow::Result<()> {
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<()>();
-        let dir = self.dir.clone();
+        let dir = event_dir(&self.dir);
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if res.is_ok_and(|event| concerns(&event, &dir)) {
@@ -252,6 +252,13 @@ impl ManifestsSource {
             }
         }
     }
+}
+
+/// `dir` as file events name it: the watcher reports absolute paths, so a relative
+/// `--manifests` (the quick start's `examples/quickstart`) is made absolute, or every event
+/// would be ignored and only the periodic rescan would see an edit, seconds later.
+fn event_dir(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Whether a file event can change what a scan of `dir` reads: a change inside `dir` (the
@@ -367,6 +374,15 @@ mod tests {
             "a sibling in the parent"
         );
         assert!(!concerns(&event("/srv/manifests-old/a.yaml"), dir));
+    }
+
+    #[test]
+    fn a_relative_directory_matches_the_absolute_paths_of_events() {
+        let cwd = std::env::current_dir().unwrap();
+        let event = notify::Event::new(EventKind::Create(CreateKind::File))
+            .add_path(cwd.join("examples/quickstart/secrets.yaml"));
+        assert!(concerns(&event, &event_dir(Path::new("examples/quickstart"))));
+        assert!(!concerns(&event, Path::new("examples/quickstart")));
     }
 
     /// A file that does not parse is parsed (and logged) once per content: later scans see
