@@ -20,6 +20,12 @@ pub struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `acked`, `rejected` or `pending`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
     pub ready: &'static str,
 }
@@ -58,6 +64,8 @@ pub struct Metrics {
     /// Times another writer changed trust-sds's condition on an object (each one is
     /// restored, after a backoff while it keeps happening).
     pub status_conflicts: Counter,
+    /// (subscriber, resource) pairs by what the subscriber did with the current version.
+    pub deliveries: Family<DeliveryLabels, Gauge>,
     registry: Registry,
 }
 
@@ -86,6 +94,7 @@ impl Metrics {
             bundle_expiry: Family::default(),
             statuses: Family::default(),
             status_conflicts: Counter::default(),
+            deliveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sds_streams", "Open SDS streams", m.streams.clone());
@@ -150,6 +159,11 @@ impl Metrics {
             "status_conflicts",
             "Times another field manager overwrote trust-sds's condition on an object",
             m.status_conflicts.clone(),
+        );
+        registry.register(
+            "sds_deliveries",
+            "Subscriptions to served resources by what the subscriber did with the current version: acked (holds it), rejected (NACK), pending",
+            m.deliveries.clone(),
         );
         Self { registry, ..m }
     }

@@ -164,6 +164,7 @@ pub async fn start_kube(
         health: running.published.health.clone(),
         observed,
         metrics: running.metrics.clone(),
+        rejections: running.clients.rejections(),
     };
     running.background.push(tokio::spawn(status_writer::run(
         client,
@@ -211,7 +212,12 @@ pub async fn start(
         .add_service(AdsGrpc::new(sds.clone(), max))
         .add_service(health_service)
         .add_service(
-            admin::grpc::AdminService::new(published.clone(), config.authz.clone()).into_server(),
+            admin::grpc::AdminService::new(
+                published.clone(),
+                clients.clone(),
+                config.authz.clone(),
+            )
+            .into_server(),
         );
 
     let listener = TcpListener::bind(config.sds_addr)

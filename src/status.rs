@@ -15,6 +15,16 @@ pub enum StatusTarget {
 }
 
 impl StatusTarget {
+    /// The resource the object's bundle is served as.
+    pub fn resource_name(&self) -> crate::model::ResourceName {
+        match self {
+            StatusTarget::Registration(k) => crate::model::ResourceName::Registration(k.clone()),
+            StatusTarget::Extension(k) => crate::model::ResourceName::Gateway(k.clone()),
+        }
+    }
+}
+
+impl StatusTarget {
     pub fn key(&self) -> &ObjectKey {
         match self {
             StatusTarget::Registration(k) | StatusTarget::Extension(k) => k,

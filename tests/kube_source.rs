@@ -80,6 +80,20 @@ fn ready_message(fake: &FakeApiServer, name: &str) -> Option<String> {
         .and_then(|c| c["message"].as_str().map(str::to_owned))
 }
 
+/// A fake API server with registration team/weather and its labelled Secret holding a
+/// root CA named `ca`.
+async fn weather_fake(ca: &str) -> FakeApiServer {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root(ca).pem())],
+    ));
+    fake
+}
+
 async fn start(fake: &FakeApiServer) -> server::Running {
     server::start_kube(ServeConfig::default(), fake.client(), None, None)
         .await
@@ -525,14 +539,7 @@ async fn malformed_objects_are_skipped_and_outages_keep_the_snapshot() {
 /// change made meanwhile reaches the stream and the status.
 #[tokio::test]
 async fn a_hung_api_server_keeps_serving_and_catches_up() {
-    let fake = FakeApiServer::start(&["v1"]).await;
-    fake.apply(registration("team", "weather", "weather-ca", None));
-    fake.apply(secret(
-        "team",
-        "weather-ca",
-        true,
-        &[("ca.crt", &Ca::root("A").pem())],
-    ));
+    let fake = weather_fake("A").await;
     let server = TestServer::attach(start(&fake).await);
     eventually("served", || serves(&server.running, "team/weather")).await;
     let mut c = SotwClient::open(&server).await;
@@ -744,6 +751,7 @@ fn writer_over(
         health: tokio::sync::watch::channel(Arc::new(health)).1,
         observed: Arc::new(trust_sds::status_writer::observed::Observed::new("Ready")),
         metrics: Arc::new(trust_sds::metrics::Metrics::new()),
+        rejections: tokio::sync::watch::channel(Arc::default()).1,
     };
     (statuses_tx, inputs)
 }
@@ -967,4 +975,147 @@ async fn ten_thousand_conditions_are_written_with_bounded_concurrency() {
         rate(10_000, parallel),
         rate(10_000, parallel) / rate(500, serial)
     );
+}
+
+/// The delivery report and the condition: a subscriber that rejects the current version
+/// (a Delta NACK) shows in `/statuses` and `/bundles` with its node and reason, and in the
+/// object's condition; ACKs and connects never cause a status write; a new version clears
+/// the rejection from the condition.
+#[tokio::test]
+async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+
+    let fake = weather_fake("Delivery A").await;
+    let running = start(&fake).await;
+    let valid = |fake: &FakeApiServer| {
+        ready_message(fake, "weather")
+            .filter(|m| m.starts_with("CA certificate secret weather-ca is valid"))
+    };
+    eventually("Ready", || valid(&fake).is_some()).await;
+    let plain = valid(&fake).unwrap();
+    let version = running.sds_snapshot.borrow().resources["team/weather"]
+        .version
+        .to_string();
+
+    let sds = SecretDiscoveryServiceClient::connect(format!("http://{}", running.sds_addr))
+        .await
+        .unwrap();
+    // One subscriber takes the bundle (SotW, ACK) ...
+    let mut taker = SotwClient::open_with(sds.clone()).await;
+    taker.request(&["team/weather"]).await;
+    taker.recv(&["team/weather"]).await;
+    taker.ack(&["team/weather"]).await;
+    // ... one refuses it (Delta, NACK with an error_detail) ...
+    let mut refuser = DeltaClient::open_with(sds.clone()).await;
+    refuser.subscribe(&["team/weather"], "").await;
+    let pushed = refuser.recv().await;
+    refuser
+        .send(DeltaDiscoveryRequest {
+            type_url: trust_sds::sds::SECRET_TYPE_URL.to_owned(),
+            response_nonce: pushed.nonce.clone(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "test broker: cannot parse the bundle".to_owned(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    // ... and one, connected after the NACK, has not answered yet.
+    let mut silent = DeltaClient::open_with(sds.clone()).await;
+    silent.subscribe(&["team/weather"], "").await;
+    let silent_push = silent.recv().await;
+
+    // Counted when the NACK came (a later connect is no event): 1 of 2.
+    let want = format!(
+        "{plain}; 1 of 2 subscribers rejected version {version}: test broker: cannot parse the bundle"
+    );
+    eventually("the rejection in the condition", || {
+        ready_message(&fake, "weather").as_deref() == Some(want.as_str())
+    })
+    .await;
+    let report = || async {
+        let (_, body) = support::envoy::http_get(running.admin_addr.port(), "/statuses")
+            .await
+            .unwrap();
+        let statuses: Value = serde_json::from_str(&body).unwrap();
+        statuses["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"]["object"] == "team/weather")
+            .map(|s| s["delivery"].clone())
+            .unwrap_or_else(|| panic!("no delivery in {statuses}"))
+    };
+    let delivery = report().await;
+    assert_eq!(
+        delivery,
+        json!({
+            "version": version,
+            "subscribers": 3, "acked": 1, "rejected": 1, "pending": 1,
+            "firstRejection": {"node": "test-node", "message": "test broker: cannot parse the bundle"}
+        }),
+        "/statuses"
+    );
+    let (_, bundles) = support::envoy::http_get(running.admin_addr.port(), "/bundles")
+        .await
+        .unwrap();
+    let bundles: Value = serde_json::from_str(&bundles).unwrap();
+    assert_eq!(bundles[0]["delivery"], delivery, "/bundles");
+
+    // Connects and ACKs are no events: the condition keeps saying "1 of 2" and nothing is
+    // written, though a fourth subscriber takes the bundle and the silent one answers.
+    let writes = fake.status_patches();
+    let mut late = SotwClient::open_with(sds.clone()).await;
+    late.request(&["team/weather"]).await;
+    late.recv(&["team/weather"]).await;
+    late.ack(&["team/weather"]).await;
+    silent.subscribe(&[], &silent_push.nonce).await;
+    eventually("the late ACKs counted", || {
+        running
+            .clients
+            .list()
+            .iter()
+            .filter(|c| c.acked.is_some())
+            .count()
+            == 3
+    })
+    .await;
+    let delivery = report().await;
+    assert_eq!(
+        (
+            &delivery["subscribers"],
+            &delivery["acked"],
+            &delivery["rejected"],
+            &delivery["pending"]
+        ),
+        (&json!(4), &json!(3), &json!(1), &json!(0))
+    );
+    // The status writer would have had every chance to write by now: it writes on the
+    // change of a watch channel, which an ACK never sends.
+    let rejections = running.clients.rejections();
+    assert_eq!(rejections.borrow().len(), 1);
+    assert_eq!(
+        fake.status_patches(),
+        writes,
+        "an ACK or a connect wrote status"
+    );
+    assert_eq!(
+        ready_message(&fake, "weather").as_deref(),
+        Some(want.as_str())
+    );
+
+    // A new version is a new question: the condition drops the old rejection.
+    fake.apply(secret(
+        "team",
+        "weather-ca",
+        true,
+        &[("ca.crt", &Ca::root("Delivery B").pem())],
+    ));
+    eventually("the rejection cleared", || {
+        valid(&fake).is_some_and(|m| !m.contains("rejected") && m != plain)
+    })
+    .await;
+    running.shutdown().await;
 }

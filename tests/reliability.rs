@@ -96,6 +96,7 @@ async fn admin_endpoints_report_health_metrics_and_views() {
         "trust_sds_sds_responses_total{api=\"sotw\"} 1",
         "trust_sds_bundle_expiry_timestamp_seconds{resource=\"team/a\"}",
         "trust_sds_statuses{ready=\"true\"} 1",
+        "trust_sds_sds_deliveries{state=\"rejected\"} 0",
     ] {
         assert!(
             metrics.contains(expected),
@@ -122,7 +123,18 @@ async fn admin_endpoints_report_health_metrics_and_views() {
     );
     assert_eq!(
         keys(&statuses["statuses"][0]),
-        ["target", "ready", "reason", "message", "observedGeneration"]
+        [
+            "target",
+            "ready",
+            "reason",
+            "message",
+            "observedGeneration",
+            "delivery"
+        ]
+    );
+    assert_eq!(
+        keys(&bundles[0]["delivery"]),
+        ["version", "subscribers", "acked", "rejected", "pending"]
     );
     assert_eq!(keys(&statuses["source"]), ["synced", "error", "skipped"]);
     assert_eq!(

@@ -11,7 +11,21 @@ use crate::status::StatusTarget;
 
 pub struct AdminService {
     published: Published,
+    clients: std::sync::Arc<crate::sds::clients::ClientRegistry>,
     authz: Option<std::sync::Arc<crate::sds::authz::Authz>>,
+}
+
+fn delivery(d: &crate::sds::delivery::Delivery) -> proto::Delivery {
+    let first = d.first_rejection.clone().unwrap_or_default();
+    proto::Delivery {
+        version: d.version.to_string(),
+        subscribers: d.subscribers as u32,
+        acked: d.acked as u32,
+        rejected: d.rejected as u32,
+        pending: d.pending as u32,
+        first_rejection_node: first.node,
+        first_rejection_message: first.message,
+    }
 }
 
 impl AdminService {
@@ -19,9 +33,14 @@ impl AdminService {
     /// the admin API: it lists every tenant's bundles.
     pub fn new(
         published: Published,
+        clients: std::sync::Arc<crate::sds::clients::ClientRegistry>,
         authz: Option<std::sync::Arc<crate::sds::authz::Authz>>,
     ) -> Self {
-        Self { published, authz }
+        Self {
+            published,
+            clients,
+            authz,
+        }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -46,6 +65,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListBundlesResponse>, Status> {
         self.authorize(&request)?;
         let snapshot = self.published.snapshot.borrow().clone();
+        let deliveries = super::deliveries(&self.clients, &snapshot);
         let bundles = snapshot
             .resources
             .iter()
@@ -63,6 +83,7 @@ impl Admin for AdminService {
                         not_after: c.not_after,
                     })
                     .collect(),
+                delivery: deliveries.get(name).map(delivery),
             })
             .collect();
         Ok(Response::new(ListBundlesResponse { bundles }))
@@ -75,6 +96,8 @@ impl Admin for AdminService {
         self.authorize(&request)?;
         let statuses = self.published.statuses.borrow().clone();
         let health = self.published.health.borrow().clone();
+        let snapshot = self.published.snapshot.borrow().clone();
+        let deliveries = super::deliveries(&self.clients, &snapshot);
         let statuses = statuses
             .iter()
             .map(|(target, c)| {
@@ -90,6 +113,9 @@ impl Admin for AdminService {
                     reason: c.reason.clone(),
                     message: c.message.clone(),
                     observed_generation: c.observed_generation.unwrap_or_default(),
+                    delivery: deliveries
+                        .get(target.resource_name().to_string().as_str())
+                        .map(delivery),
                 }
             })
             .collect();

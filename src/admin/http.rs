@@ -17,9 +17,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
-use crate::metrics::{Metrics, ReadyLabels, ResourceLabels};
+use crate::metrics::{DeliveryLabels, Metrics, ReadyLabels, ResourceLabels};
 use crate::pipeline::Published;
 use crate::sds::clients::ClientRegistry;
+use crate::sds::delivery::Delivery;
 
 #[derive(Clone)]
 struct AdminState {
@@ -70,6 +71,18 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
                 .set(first.not_after);
         }
     }
+    let mut states = [0i64; 3];
+    for d in super::deliveries(&s.clients, &snapshot).values() {
+        states[0] += d.acked as i64;
+        states[1] += d.rejected as i64;
+        states[2] += d.pending as i64;
+    }
+    for (state, n) in ["acked", "rejected", "pending"].into_iter().zip(states) {
+        s.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels { state })
+            .set(n);
+    }
     let statuses = s.published.statuses.borrow().clone();
     let ready = statuses.values().filter(|c| c.ready).count() as i64;
     s.metrics
@@ -94,10 +107,13 @@ struct BundleView<'a> {
     name: &'a str,
     version: &'a str,
     certificates: &'a [crate::bundle::CertSummary],
+    /// Who holds, rejected or has not answered the current version.
+    delivery: Option<&'a Delivery>,
 }
 
 async fn bundles(State(s): State<AdminState>) -> impl IntoResponse {
     let snapshot = s.published.snapshot.borrow().clone();
+    let deliveries = super::deliveries(&s.clients, &snapshot);
     let views: Vec<BundleView<'_>> = snapshot
         .resources
         .iter()
@@ -105,6 +121,7 @@ async fn bundles(State(s): State<AdminState>) -> impl IntoResponse {
             name,
             version: b.version(),
             certificates: b.certificates(),
+            delivery: deliveries.get(name),
         })
         .collect();
     Json(serde_json::to_value(views).unwrap_or_default())
@@ -115,14 +132,23 @@ struct StatusView<'a> {
     target: &'a crate::status::StatusTarget,
     #[serde(flatten)]
     condition: &'a crate::status::Condition,
+    /// The delivery of the resource the object's bundle is served as, while served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'a Delivery>,
 }
 
 async fn statuses(State(s): State<AdminState>) -> impl IntoResponse {
     let statuses = s.published.statuses.borrow().clone();
     let health = s.published.health.borrow().clone();
+    let snapshot = s.published.snapshot.borrow().clone();
+    let deliveries = super::deliveries(&s.clients, &snapshot);
     let views: Vec<StatusView<'_>> = statuses
         .iter()
-        .map(|(target, condition)| StatusView { target, condition })
+        .map(|(target, condition)| StatusView {
+            target,
+            condition,
+            delivery: deliveries.get(target.resource_name().to_string().as_str()),
+        })
         .collect();
     Json(serde_json::json!({ "source": *health, "statuses": views }))
 }

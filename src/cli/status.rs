@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::admin::proto::admin_client::AdminClient;
-use crate::admin::proto::{ListBundlesRequest, ListStatusesRequest};
+use crate::admin::proto::{Delivery, ListBundlesRequest, ListStatusesRequest};
 use crate::translate::format_unix;
 
 #[derive(clap::Args, Debug)]
@@ -40,17 +40,18 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "{:<24} {:<40} {:<6} {:<26} MESSAGE",
-        "KIND", "NAMESPACE/NAME", "READY", "REASON"
+        "{:<24} {:<40} {:<6} {:<26} {:<12} MESSAGE",
+        "KIND", "NAMESPACE/NAME", "READY", "REASON", "HELD"
     );
     let mut all_ready = true;
     for s in &statuses.statuses {
         all_ready &= s.ready;
         let ready = if s.ready { "True" } else { "False" };
         let object = format!("{}/{}", s.namespace, s.name);
+        let held = s.delivery.as_ref().map_or("-".to_owned(), held);
         println!(
-            "{:<24} {:<40} {:<6} {:<26} {}",
-            s.kind, object, ready, s.reason, s.message
+            "{:<24} {:<40} {:<6} {:<26} {:<12} {}",
+            s.kind, object, ready, s.reason, held, s.message
         );
     }
     if args.bundles {
@@ -61,6 +62,9 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!();
         for b in &bundles.bundles {
             println!("{} (version {})", b.name, b.version);
+            if let Some(d) = &b.delivery {
+                println!("  {}", delivery_line(d));
+            }
             for c in &b.certificates {
                 println!(
                     "  {}  sha256:{}  expires {}",
@@ -76,4 +80,26 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// `acked/subscribers`, with the rejections: what the HELD column shows.
+fn held(d: &Delivery) -> String {
+    match d.rejected {
+        0 => format!("{}/{}", d.acked, d.subscribers),
+        n => format!("{}/{} {n}!", d.acked, d.subscribers),
+    }
+}
+
+fn delivery_line(d: &Delivery) -> String {
+    let mut line = format!(
+        "subscribers: {}, hold it: {}, rejected it: {}, pending: {}",
+        d.subscribers, d.acked, d.rejected, d.pending
+    );
+    if d.rejected > 0 {
+        line.push_str(&format!(
+            "; first rejected by node {:?}: {}",
+            d.first_rejection_node, d.first_rejection_message
+        ));
+    }
+    line
 }

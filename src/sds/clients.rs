@@ -1,9 +1,13 @@
 //! Who is connected: one entry per open stream, for the admin view and for logs. Updated on
 //! requests (never on pushes), so it costs nothing on the fan-out path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::delivery::{Delivery, Rejections};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,16 +23,53 @@ pub struct ClientInfo {
     pub nacked: Option<String>,
     pub nack_message: Option<String>,
     pub nacks: u64,
+    /// Per resource name: what this stream holds and what it rejected (the delivery
+    /// report; summed per resource in `/bundles` and `/statuses`).
+    #[serde(skip)]
+    pub delivery: HashMap<Arc<str>, Delivered>,
+}
+
+/// What one stream did with one resource.
+#[derive(Clone, Debug, Default)]
+pub struct Delivered {
+    /// The version the client holds: ACKed, or claimed when it reconnected.
+    pub held: Option<Arc<str>>,
+    /// The last version it rejected.
+    pub rejected: Option<Rejected>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub version: Arc<str>,
+    /// The client's `error_detail` message.
+    pub message: String,
+    /// Registry-wide order of NACKs, so a version's first rejection can be named.
+    pub seq: u64,
 }
 
 /// One stream's entry. Each stream updates its own entry (an uncontended lock); the
 /// registry's map is locked only when streams open and close.
 pub type ClientEntry = Arc<Mutex<ClientInfo>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientRegistry {
     next: AtomicU64,
+    nacks: AtomicU64,
     streams: Mutex<BTreeMap<u64, ClientEntry>>,
+    /// Rejected current versions, changed only by NACKs (and the versions they make
+    /// stale): what the status writer adds to conditions.
+    rejections: watch::Sender<Arc<Rejections>>,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            nacks: AtomicU64::new(0),
+            streams: Mutex::default(),
+            rejections: watch::Sender::new(Arc::default()),
+        }
+    }
 }
 
 impl ClientRegistry {
@@ -49,6 +90,64 @@ impl ClientRegistry {
             .iter()
             .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
+    }
+
+    /// The order of a NACK among all NACKs.
+    pub fn next_nack(&self) -> u64 {
+        self.nacks.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How `name` at `version` is delivered, read from every stream in place (no copies):
+    /// for a NACK event, which is rare.
+    pub fn delivery_of(&self, name: &str, version: &Arc<str>) -> Delivery {
+        let entries: Vec<ClientEntry> = self.lock().values().cloned().collect();
+        let mut delivery = Delivery::new(version);
+        for entry in &entries {
+            let info = entry.lock().unwrap_or_else(|p| p.into_inner());
+            if info.wildcard || info.names.iter().any(|n| n == name) {
+                delivery.count(&info, name);
+            }
+        }
+        delivery
+    }
+
+    /// The rejected current versions, for the status writer.
+    pub fn rejections(&self) -> watch::Receiver<Arc<Rejections>> {
+        self.rejections.subscribe()
+    }
+
+    /// Records that `name`'s `version` is rejected as `delivery` says, and drops what
+    /// `is_current` says is stale.
+    pub fn set_rejection(
+        &self,
+        name: &str,
+        delivery: &Delivery,
+        is_current: impl Fn(&str, &str) -> bool,
+    ) {
+        self.rejections.send_if_modified(|map| {
+            let summary = delivery.summary();
+            let mut next: Rejections = (**map).clone();
+            next.retain(|n, r| is_current(n, &r.version));
+            match summary {
+                Some(text) => {
+                    next.insert(
+                        name.to_owned(),
+                        super::delivery::Rejection {
+                            version: delivery.version.clone(),
+                            summary: text,
+                        },
+                    );
+                }
+                None => {
+                    next.remove(name);
+                }
+            }
+            if next == **map {
+                return false;
+            }
+            *map = Arc::new(next);
+            true
+        });
     }
 
     pub fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::encode::{SdsSnapshot, WireResponse};
-use super::sotw::Ack;
+use super::sotw::{Ack, Answered};
 use super::{SECRET_TYPE_URL, UnknownNamePolicy, accepts_type};
 
 /// A Delta response: this stream's fields (nonce, removed names) and the shared resources.
@@ -27,6 +27,10 @@ pub struct DeltaStream {
     /// Names already answered as not found (so the answer is given once).
     answered_missing: BTreeSet<String>,
     nonce: u64,
+    /// Resources sent since the last reply to the newest response: what that reply answers.
+    /// Keyed by name (the newest version sent), so a client that never replies costs at
+    /// most one entry per subscribed name.
+    unanswered: HashMap<Arc<str>, Arc<str>>,
     started: bool,
     policy: UnknownNamePolicy,
     allow_empty_type: bool,
@@ -88,15 +92,26 @@ impl DeltaStream {
         if !accepts_type(&req.type_url, self.allow_empty_type) {
             return (Ack::UnsupportedType(req.type_url.clone()), None);
         }
+        // A reply to the newest response answers everything sent since the last such reply
+        // (clients reply in order); a reply to an older one is left to the newer reply.
+        let mut answers = || {
+            if req.response_nonce.parse::<u64>() == Ok(self.nonce) {
+                std::mem::take(&mut self.unanswered).into_iter().collect()
+            } else {
+                Answered::new()
+            }
+        };
         let ack = match (&req.error_detail, req.response_nonce.as_str()) {
             (_, "") => Ack::None,
             (Some(status), nonce) => Ack::Nack {
                 version: nonce.to_owned(),
                 message: status.message.clone(),
                 code: status.code,
+                answers: answers(),
             },
             (None, nonce) => Ack::Ack {
                 version: nonce.to_owned(),
+                answers: answers(),
             },
         };
         if !self.started {
@@ -129,6 +144,15 @@ impl DeltaStream {
         (ack, self.respond(snap))
     }
 
+    /// The versions a first request says the client already holds
+    /// (`initial_resource_versions`): held without a response to answer.
+    pub fn claimed(&self, req: &DeltaDiscoveryRequest) -> Answered {
+        req.initial_resource_versions
+            .iter()
+            .map(|(n, v)| (Arc::from(n.as_str()), Arc::from(v.as_str())))
+            .collect()
+    }
+
     pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
         if !self.started {
             return None;
@@ -150,6 +174,7 @@ impl DeltaStream {
                         }
                     }
                     this.answered_missing.remove(name);
+                    this.unanswered.insert(r.name.clone(), r.version.clone());
                     resources.push(r.clone());
                 }
             }
@@ -275,5 +300,30 @@ mod tests {
                 .on_snapshot(&SdsSnapshot::of(&[("a/1", "v2")]))
                 .is_none()
         );
+    }
+
+    /// A reply to the newest response answers everything sent since the last such reply;
+    /// a reply to an older one answers nothing (the newer reply will).
+    #[test]
+    fn a_reply_to_the_newest_response_answers_what_was_sent() {
+        let mut s = DeltaStream::new(UnknownNamePolicy::Hold, true);
+        s.on_request(
+            &request(&["a/1", "b/1"], &[], ""),
+            &SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]),
+        );
+        let now = SdsSnapshot::of(&[("a/1", "v2"), ("b/1", "v1")]);
+        s.on_snapshot(&now).expect("a/1 pushed");
+        let (ack, _) = s.on_request(&request(&[], &[], "1"), &now);
+        assert!(
+            matches!(ack, Ack::Ack { ref answers, .. } if answers.is_empty()),
+            "{ack:?}"
+        );
+        let (ack, _) = s.on_request(&request(&[], &[], "2"), &now);
+        let Ack::Ack { mut answers, .. } = ack else {
+            panic!("{ack:?}")
+        };
+        answers.sort();
+        let want: Answered = vec![("a/1".into(), "v2".into()), ("b/1".into(), "v1".into())];
+        assert_eq!(answers, want, "the newest version of each name sent");
     }
 }

@@ -8,6 +8,7 @@
 pub mod authz;
 pub mod clients;
 pub mod connection;
+pub mod delivery;
 pub mod delta;
 pub mod encode;
 pub mod grpc;

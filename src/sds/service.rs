@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::{Request, Status, Streaming};
 
 use super::SdsOptions;
-use super::clients::{ClientEntry, ClientInfo, ClientRegistry};
+use super::clients::{ClientEntry, ClientInfo, ClientRegistry, Rejected};
 use super::connection::PeerKeys;
 use super::delta::{DeltaResponse, DeltaStream};
 use super::encode::SdsSnapshot;
@@ -136,6 +136,11 @@ trait Machine: Send + 'static {
     fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
     fn subscription(&self) -> (Vec<String>, bool);
     fn resource_count(resp: &Self::Resp) -> usize;
+    /// Versions the request says the client already holds (Delta's
+    /// `initial_resource_versions`), for the delivery report.
+    fn claimed(&self, _req: &Self::Req) -> super::sotw::Answered {
+        Vec::new()
+    }
 }
 
 impl Machine for SotwStream {
@@ -219,6 +224,9 @@ impl Machine for DeltaStream {
     }
     fn resource_count(resp: &DeltaResponse) -> usize {
         resp.resources.len() + resp.head.removed_resources.len()
+    }
+    fn claimed(&self, req: &DeltaDiscoveryRequest) -> super::sotw::Answered {
+        DeltaStream::claimed(self, req)
     }
 }
 
@@ -421,6 +429,7 @@ impl<M: Machine> SdsStream<M> {
                 version,
                 message,
                 code,
+                ..
             } => {
                 metrics.nacks.inc();
                 self.inner.metrics.nacked(api, *code);
@@ -437,6 +446,7 @@ impl<M: Machine> SdsStream<M> {
             }
             Ack::None => {}
         }
+        let claimed = machine.claimed(request);
         let mut info = self.entry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
             info.node = node.to_owned();
@@ -445,17 +455,68 @@ impl<M: Machine> SdsStream<M> {
             let (names, wildcard) = machine.subscription();
             info.names = names;
             info.wildcard = wildcard;
+            if !wildcard {
+                let ClientInfo {
+                    names, delivery, ..
+                } = &mut *info;
+                delivery.retain(|n, _| names.iter().any(|m| **m == **n));
+            }
         }
+        for (name, version) in claimed {
+            info.delivery.entry(name).or_default().held = Some(version);
+        }
+        let mut rejected = Vec::new();
         match ack {
-            Ack::Ack { version } => info.acked = Some(version.clone()),
+            Ack::Ack { version, answers } => {
+                info.acked = Some(version.clone());
+                for (name, version) in answers {
+                    info.delivery.entry(name.clone()).or_default().held = Some(version.clone());
+                }
+            }
             Ack::Nack {
-                version, message, ..
+                version,
+                message,
+                answers,
+                ..
             } => {
                 info.nacked = Some(version.clone());
                 info.nack_message = Some(message.clone());
                 info.nacks += 1;
+                // What the reply answers and the client does not already hold is what it
+                // refused (a Delta NACK answers every resource of its response).
+                for (name, version) in answers {
+                    let delivered = info.delivery.entry(name.clone()).or_default();
+                    if delivered.held.as_ref() != Some(version) {
+                        delivered.rejected = Some(Rejected {
+                            version: version.clone(),
+                            message: message.clone(),
+                            seq: self.inner.clients.next_nack(),
+                        });
+                        rejected.push(name.clone());
+                    }
+                }
             }
             _ => {}
+        }
+        drop(info);
+        if !rejected.is_empty() {
+            self.publish_rejections(&rejected);
+        }
+    }
+
+    /// A NACK event: the rejected names' delivery, recounted and handed to the status
+    /// writer (connects and ACKs never come here, so they never cause status writes).
+    fn publish_rejections(&self, names: &[Arc<str>]) {
+        let snap = self.snapshots.borrow().clone();
+        let current = |name: &str| snap.resources.get(name).map(|r| r.version.clone());
+        for name in names {
+            let Some(version) = current(name) else {
+                continue;
+            };
+            let delivery = self.inner.clients.delivery_of(name, &version);
+            self.inner
+                .clients
+                .set_rejection(name, &delivery, |n, v| current(n).is_some_and(|c| *c == *v));
         }
     }
 

@@ -17,18 +17,24 @@ use crate::bundle::content_version;
 /// A SotW response: this stream's fields and the shared resources.
 pub type SotwResponse = WireResponse<DiscoveryResponse>;
 
+/// The (name, version) pairs a reply answers: what the client now holds (ACK) or refused
+/// (NACK), for the delivery report.
+pub type Answered = Vec<(Arc<str>, Arc<str>)>;
+
 /// What a request meant, for logs, metrics and the client registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
     None,
     Ack {
         version: String,
+        answers: Answered,
     },
     /// `code`: the gRPC status code in the client's `error_detail`.
     Nack {
         version: String,
         message: String,
         code: i32,
+        answers: Answered,
     },
     Stale,
     UnsupportedType(String),
@@ -87,9 +93,11 @@ impl SotwStream {
                     version: req.version_info.clone(),
                     message: status.message.clone(),
                     code: status.code,
+                    answers: self.answered(),
                 },
                 None => Ack::Ack {
                     version: req.version_info.clone(),
+                    answers: self.answered(),
                 },
             },
             _ => return (Ack::Stale, None),
@@ -145,6 +153,14 @@ impl SotwStream {
         }
         let (names, wildcard) = self.requested(req);
         wildcard == self.wildcard && names == self.names
+    }
+
+    /// What a reply to the last response answers: every resource it carried.
+    fn answered(&self) -> Answered {
+        self.sent
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
     }
 
     /// Whether `nonce` is the one of the last response, compared without allocating.

@@ -381,7 +381,10 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         let event = notify::Event::new(EventKind::Create(CreateKind::File))
             .add_path(cwd.join("examples/quickstart/secrets.yaml"));
-        assert!(concerns(&event, &event_dir(Path::new("examples/quickstart"))));
+        assert!(concerns(
+            &event,
+            &event_dir(Path::new("examples/quickstart"))
+        ));
         assert!(!concerns(&event, Path::new("examples/quickstart")));
     }
 

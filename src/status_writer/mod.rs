@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use self::observed::Observed;
 use self::plan::{Decision, Fight, Written};
 use crate::metrics::Metrics;
+use crate::sds::delivery::Rejections;
 use crate::snapshot::StatusMap;
 use crate::status::{Condition, StatusTarget};
 
@@ -152,6 +153,8 @@ pub struct Inputs {
     pub health: watch::Receiver<Arc<crate::snapshot::SourceHealth>>,
     pub observed: Arc<Observed>,
     pub metrics: Arc<Metrics>,
+    /// Rejected current versions (NACKs), added to the conditions of their objects.
+    pub rejections: watch::Receiver<Arc<Rejections>>,
 }
 
 /// Runs until the status channel closes. `is_leader` gates writing (several replicas).
@@ -162,6 +165,7 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
         mut health,
         observed,
         metrics,
+        mut rejections,
     } = inputs;
     // Before every watch has listed, a registration may be seen without its Secret: writing
     // then would flap Ready through a false "not found".
@@ -189,10 +193,14 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
             // pass must then look at every target, or the ones that changed are missed
             // until the next full pass (seen on a real API server: an extension created
             // with its registration's new condition in one batch).
-            if statuses.has_changed().unwrap_or(false) {
+            if statuses.has_changed().unwrap_or(false) || rejections.has_changed().unwrap_or(false)
+            {
                 full = true;
             }
-            let current = statuses.borrow_and_update().clone();
+            let current = with_rejections(
+                statuses.borrow_and_update().clone(),
+                &rejections.borrow_and_update(),
+            );
             let mut targets = writer.observed.take_dirty();
             let now = Instant::now();
             targets.extend(
@@ -230,10 +238,36 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
             }
             // Without leader election the sender is gone and leadership never changes.
             Ok(()) = is_leader.changed() => full = true,
+            Ok(()) = rejections.changed() => full = true,
             () = writer.observed.changed() => {}
             () = sleep_until(next_due) => {}
         }
     }
+}
+
+/// The computed conditions with each rejected current version said in its object's
+/// condition: `...; 1 of 3 subscribers rejected version <v>: <reason>`. A rejection counts
+/// only while the condition still names its version (a new version clears it).
+pub fn with_rejections(statuses: Arc<StatusMap>, rejections: &Rejections) -> Arc<StatusMap> {
+    if rejections.is_empty() {
+        return statuses;
+    }
+    let mut out = (*statuses).clone();
+    for (target, condition) in out.iter_mut() {
+        let Some(rejection) = rejections.get(&target.resource_name().to_string()) else {
+            continue;
+        };
+        if condition.ready
+            && condition
+                .message
+                .contains(&format!("(version {})", rejection.version))
+        {
+            let mut decorated = (**condition).clone();
+            decorated.message = format!("{}; {}", decorated.message, rejection.summary);
+            *condition = Arc::new(decorated);
+        }
+    }
+    Arc::new(out)
 }
 
 async fn sleep_until(due: Option<Instant>) {
