@@ -24,6 +24,12 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+/// The reason of an upstream verification (`Verified`, `UnknownIssuer`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: &'static str,
@@ -58,6 +64,10 @@ pub struct Metrics {
     /// Times another writer changed trust-sds's condition on an object (each one is
     /// restored, after a backoff while it keeps happening).
     pub status_conflicts: Counter,
+    /// Upstream TLS handshakes done by `--verify-upstreams`, by result.
+    pub upstream_verifications: Family<ResultLabels, Counter>,
+    /// Registrations per current `UpstreamTrusted` reason (refreshed at scrape time).
+    pub upstreams: Family<ResultLabels, Gauge>,
     registry: Registry,
 }
 
@@ -86,6 +96,8 @@ impl Metrics {
             bundle_expiry: Family::default(),
             statuses: Family::default(),
             status_conflicts: Counter::default(),
+            upstream_verifications: Family::default(),
+            upstreams: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sds_streams", "Open SDS streams", m.streams.clone());
@@ -151,7 +163,26 @@ impl Metrics {
             "Times another field manager overwrote trust-sds's condition on an object",
             m.status_conflicts.clone(),
         );
+        registry.register(
+            "upstream_verifications",
+            "Upstream TLS handshakes by --verify-upstreams, by result (the UpstreamTrusted reason)",
+            m.upstream_verifications.clone(),
+        );
+        registry.register(
+            "upstreams",
+            "Registrations by the reason of their current UpstreamTrusted condition",
+            m.upstreams.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts one upstream verification by its result.
+    pub fn upstream_verified(&self, result: &str) {
+        self.upstream_verifications
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a NACK by the gRPC code the client gave.

@@ -744,6 +744,7 @@ fn writer_over(
         health: tokio::sync::watch::channel(Arc::new(health)).1,
         observed: Arc::new(trust_sds::status_writer::observed::Observed::new("Ready")),
         metrics: Arc::new(trust_sds::metrics::Metrics::new()),
+        upstream: None,
     };
     (statuses_tx, inputs)
 }

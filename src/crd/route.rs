@@ -1,4 +1,5 @@
-//! The part of a Gateway API `HTTPRoute` trust-sds reads: which Gateways it attaches to.
+//! The part of a Gateway API `HTTPRoute` trust-sds reads: which Gateways it attaches to,
+//! and (for `--verify-upstreams`) the backends of its rules.
 //! Gateway API owns this type; it is only deserialized, never generated as a CRD.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,6 +18,30 @@ pub struct HttpRoute {
 pub struct HttpRouteSpec {
     #[serde(default)]
     pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    #[serde(default)]
+    pub backend_refs: Vec<BackendReference>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct BackendReference {
+    /// Default `""` (core): a Service.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Default `Service`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
