@@ -200,6 +200,12 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
     let mut full = true;
     loop {
         if *is_leader.borrow_and_update() {
+            // A change that arrived since the wake-up (which may have been for an observed
+            // object only) is consumed by the borrow below, so it must make this pass full.
+            full |= statuses.has_changed().unwrap_or(false)
+                || upstream
+                    .as_ref()
+                    .is_some_and(|u| u.has_changed().unwrap_or(false));
             let mut current = vec![statuses.borrow_and_update().clone()];
             current.extend(upstream.as_mut().map(|u| u.borrow_and_update().clone()));
             let mut targets = writer.observed.take_dirty();

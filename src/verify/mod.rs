@@ -127,12 +127,15 @@ pub async fn run(config: VerifyConfig, inputs: Inputs) {
     loop {
         let current_targets = targets.borrow_and_update().clone();
         let current_snapshot = snapshot.borrow_and_update().clone();
-        let mut changed = reconcile(
+        let changed = reconcile(
             &mut entries,
             &mut conditions,
             &current_targets,
             &current_snapshot,
         );
+        if changed {
+            results.send_replace(Arc::new(conditions.clone()));
+        }
         let now = Instant::now();
         let free = config.concurrency.max(1).saturating_sub(jobs.len());
         let due: Vec<ObjectKey> = entries
@@ -172,14 +175,13 @@ pub async fn run(config: VerifyConfig, inputs: Inputs) {
                         entry.due = Instant::now() + jitter.around(config.interval);
                         log_outcome(&key, &subject, &outcome);
                         let condition = outcome.condition(&subject.target, &subject.version, subject.generation);
-                        changed |= set(&mut conditions, &key, condition);
+                        if set(&mut conditions, &key, condition) {
+                            results.send_replace(Arc::new(conditions.clone()));
+                        }
                     }
                 }
             }
             () = sleep_until(next_due) => {}
-        }
-        if changed {
-            results.send_replace(Arc::new(conditions.clone()));
         }
     }
 }

@@ -210,10 +210,17 @@ mod tests {
         })
     }
 
+    /// (what, registration, route, URL or the start of the reason)
+    type Case = (
+        &'static str,
+        Registration,
+        Option<Route>,
+        Result<&'static str, &'static str>,
+    );
+
     #[test]
     fn urls_follow_the_brokers_rules_and_the_annotations() {
-        // (what, registration, route, URL or the start of the reason)
-        let cases: Vec<(&str, Registration, Option<Route>, Result<&str, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "Service backend with a CA reference",
                 registration(true, None, None, None),
