@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use serde_json::Value;
 use support::envoy::http_get;
 use support::manifests::{secret_yaml, write_atomic};
 use support::pki::Ca;
+use support::serve_process::ServeProcess;
 use support::upstream::Upstream;
-use tokio::io::AsyncBufReadExt;
 
 const NS: &str = "team";
 const HOST: &str = "weather.example";
@@ -29,63 +30,27 @@ fn registration(name: &str, secret: &str, connect_to: Option<&str>) -> String {
     )
 }
 
-/// The running binary and its admin port.
-struct Serve {
-    _child: tokio::process::Child,
-    sds_addr: String,
-    admin_port: u16,
-}
+/// The running binary.
+struct Serve(ServeProcess);
 
 async fn serve(dir: &Path) -> Serve {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trust-sds"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--verify-upstreams",
-            // Long enough that only bundle changes cause the re-checks seen here.
-            "--verify-interval",
-            "60m",
-            "--verify-timeout",
-            "5s",
-            "--manifests",
-        ])
-        .arg(dir)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (sds_addr, admin) = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_owned)
-            };
-            if let (Some(sds), Some(admin)) = (field("sds_addr="), field("admin_addr=")) {
-                return (sds, admin);
-            }
-        }
-        panic!("server exited before serving");
-    })
-    .await
-    .expect("server started");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let admin_port = admin.rsplit(':').next().unwrap().parse().unwrap();
-    Serve {
-        _child: child,
-        sds_addr,
-        admin_port,
-    }
+    let args = [
+        "--verify-upstreams",
+        // Long enough that only bundle changes cause the re-checks seen here.
+        "--verify-interval",
+        "60m",
+        "--verify-timeout",
+        "5s",
+        "--manifests",
+    ];
+    let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    args.push(dir.as_os_str());
+    Serve(ServeProcess::start(&args).await)
 }
 
 impl Serve {
     async fn upstreams(&self) -> Vec<Value> {
-        let (_, body) = http_get(self.admin_port, "/statuses")
+        let (_, body) = http_get(self.0.admin_port(), "/statuses")
             .await
             .unwrap_or_default();
         serde_json::from_str::<Value>(&body)
@@ -218,7 +183,11 @@ async fn each_verdict_and_a_rotation_without_restart() {
     }
     // The same results through the gRPC admin API and the metrics.
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_trust-sds"))
-        .args(["status", "--server", &format!("http://{}", server.sds_addr)])
+        .args([
+            "status",
+            "--server",
+            &format!("http://{}", server.0.sds_addr),
+        ])
         .output()
         .await
         .unwrap();
@@ -238,7 +207,7 @@ async fn each_verdict_and_a_rotation_without_restart() {
     ] {
         assert!(stdout.contains(line), "missing {line} in:\n{stdout}");
     }
-    let (_, metrics) = http_get(server.admin_port, "/metrics").await.unwrap();
+    let (_, metrics) = http_get(server.0.admin_port(), "/metrics").await.unwrap();
     for expected in [
         "trust_sds_upstreams{result=\"Verified\"} 2",
         "trust_sds_upstreams{result=\"UnknownIssuer\"} 1",

@@ -74,17 +74,18 @@ fn upstream_hints(meta: &ObjectMeta, path: Option<&str>) -> UpstreamHints {
 
 /// A `backendRef` as the broker reads it: a core Service, or Istio's `Hostname` kind.
 fn backend(b: &BackendReference, route_namespace: &str) -> Option<Backend> {
+    let (b, port) = (&b.object, b.port);
     let group = b.group.as_deref().unwrap_or_default();
     let kind = b.kind.as_deref().unwrap_or("Service");
     match (group, kind) {
         ("", "Service") => Some(Backend::Service {
             namespace: b.namespace.as_deref().unwrap_or(route_namespace).to_owned(),
             name: b.name.clone(),
-            port: b.port,
+            port,
         }),
         ("networking.istio.io", "Hostname") => Some(Backend::Hostname {
             host: b.name.clone(),
-            port: b.port,
+            port,
         }),
         _ => None,
     }

@@ -17,7 +17,7 @@ pub struct HttpRoute {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     #[serde(default)]
-    pub parent_refs: Vec<ParentReference>,
+    pub parent_refs: Vec<ObjectReference>,
     #[serde(default)]
     pub rules: Vec<RouteRule>,
 }
@@ -29,23 +29,18 @@ pub struct RouteRule {
     pub backend_refs: Vec<BackendReference>,
 }
 
+/// A backend: an object (group `""` and kind `Service` when absent) and a port.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct BackendReference {
-    /// Default `""` (core): a Service.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Default `Service`.
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
+    #[serde(flatten)]
+    pub object: ObjectReference,
     #[serde(default)]
     pub port: Option<u16>,
 }
 
+/// A reference by group, kind, name and namespace (parents and backends alike).
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct ParentReference {
+pub struct ObjectReference {
     #[serde(default)]
     pub group: Option<String>,
     #[serde(default)]

@@ -8,4 +8,5 @@ pub mod manifests;
 pub mod objects;
 pub mod pki;
 pub mod sds;
+pub mod serve_process;
 pub mod upstream;
