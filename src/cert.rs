@@ -170,3 +170,49 @@ pub fn identities(der: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// What a verification report says about a server's leaf certificate: never its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeafSummary {
+    /// RFC 4514 issuer, e.g. `CN=Other CA`.
+    pub issuer: String,
+    /// DNS and IP subject alternative names.
+    pub names: Vec<String>,
+    pub not_after: i64,
+}
+
+/// Summarises a server certificate (DER); `None` when it does not parse.
+pub fn leaf_summary(der: &[u8]) -> Option<LeafSummary> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(dns.to_string()),
+                GeneralName::IPAddress(ip) => ip_text(ip),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(LeafSummary {
+        issuer: cert.issuer().to_string(),
+        names,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn ip_text(octets: &[u8]) -> Option<String> {
+    match octets.len() {
+        4 => <[u8; 4]>::try_from(octets)
+            .ok()
+            .map(|o| std::net::Ipv4Addr::from(o).to_string()),
+        16 => <[u8; 16]>::try_from(octets)
+            .ok()
+            .map(|o| std::net::Ipv6Addr::from(o).to_string()),
+        _ => None,
+    }
+}

@@ -28,3 +28,4 @@ pub mod tls;
 pub mod translate;
 pub mod uds;
 pub mod validation;
+pub mod verify;

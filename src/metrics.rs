@@ -30,6 +30,12 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+/// The reason of an upstream verification (`Verified`, `UnknownIssuer`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: &'static str,
@@ -66,6 +72,10 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     /// (subscriber, resource) pairs by what the subscriber did with the current version.
     pub deliveries: Family<DeliveryLabels, Gauge>,
+    /// Upstream TLS handshakes done by `--verify-upstreams`, by result.
+    pub upstream_verifications: Family<ResultLabels, Counter>,
+    /// Registrations per current `UpstreamTrusted` reason (refreshed at scrape time).
+    pub upstreams: Family<ResultLabels, Gauge>,
     registry: Registry,
 }
 
@@ -95,6 +105,8 @@ impl Metrics {
             statuses: Family::default(),
             status_conflicts: Counter::default(),
             deliveries: Family::default(),
+            upstream_verifications: Family::default(),
+            upstreams: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sds_streams", "Open SDS streams", m.streams.clone());
@@ -165,7 +177,26 @@ impl Metrics {
             "Subscriptions to served resources by what the subscriber did with the current version: acked (holds it), rejected (NACK), pending",
             m.deliveries.clone(),
         );
+        registry.register(
+            "upstream_verifications",
+            "Upstream TLS handshakes by --verify-upstreams, by result (the UpstreamTrusted reason)",
+            m.upstream_verifications.clone(),
+        );
+        registry.register(
+            "upstreams",
+            "Registrations by the reason of their current UpstreamTrusted condition",
+            m.upstreams.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts one upstream verification by its result.
+    pub fn upstream_verified(&self, result: &str) {
+        self.upstream_verifications
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a NACK by the gRPC code the client gave.

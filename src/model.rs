@@ -122,7 +122,27 @@ pub struct Registration {
     /// The HTTPRoute the registration targets (namespace defaulted to the registration's).
     pub target_route: Option<ObjectKey>,
     pub disabled: bool,
+    /// What upstream verification needs beyond the route: `spec.path` and the
+    /// `trust-sds.io/verify-*` annotations.
+    pub upstream: UpstreamHints,
 }
+
+/// The parts of a registration that say where its upstream is, for `--verify-upstreams`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamHints {
+    /// `spec.path` (the broker's default `/mcp` when absent).
+    pub path: Option<String>,
+    /// Annotation `trust-sds.io/verify-url`: the whole URL, instead of the derived one.
+    pub verify_url: Option<String>,
+    /// Annotation `trust-sds.io/verify-connect-to`: `IP:PORT` to connect to instead of the
+    /// URL's host (which still sets SNI and the name check).
+    pub verify_connect_to: Option<String>,
+}
+
+/// Annotation: the URL upstream verification uses, replacing the derived one.
+pub const VERIFY_URL_ANNOTATION: &str = "trust-sds.io/verify-url";
+/// Annotation: the address upstream verification connects to.
+pub const VERIFY_CONNECT_TO_ANNOTATION: &str = "trust-sds.io/verify-connect-to";
 
 /// An `MCPGatewayExtension`, reduced to what trust-sds uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,11 +154,26 @@ pub struct GatewayExtension {
     pub target_gateway: Option<ObjectKey>,
 }
 
-/// An HTTPRoute, reduced to the Gateways it attaches to.
+/// An HTTPRoute, reduced to the Gateways it attaches to and where it sends traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub key: ObjectKey,
     pub parent_gateways: Vec<ObjectKey>,
+    /// The first `backendRef` of the first rule: the upstream the broker calls.
+    pub first_backend: Option<Backend>,
+}
+
+/// A route's backend, as the broker resolves it to a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A Kubernetes Service (namespace defaulted to the route's).
+    Service {
+        namespace: String,
+        name: String,
+        port: Option<u16>,
+    },
+    /// An Istio `networking.istio.io/Hostname` backend: an external host name.
+    Hostname { host: String, port: Option<u16> },
 }
 
 /// A Secret as trust-sds may see it.

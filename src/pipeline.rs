@@ -35,6 +35,8 @@ pub struct Published {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub statuses: watch::Receiver<Arc<StatusMap>>,
     pub health: watch::Receiver<Arc<SourceHealth>>,
+    /// `UpstreamTrusted` conditions (`--verify-upstreams`; always empty without it).
+    pub upstreams: watch::Receiver<Arc<StatusMap>>,
 }
 
 /// Write side, owned by the pipeline task.
@@ -50,6 +52,8 @@ pub struct Pipeline {
     clock: fn() -> i64,
     /// Source lag and staleness, when the server exports metrics.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where each registration's upstream is, with `--verify-upstreams`.
+    upstream_targets: Option<watch::Sender<Arc<crate::verify::UpstreamTargets>>>,
 }
 
 /// How often expiry warnings are re-evaluated when nothing else changes.
@@ -70,11 +74,14 @@ impl Pipeline {
             health,
             clock: unix_now,
             metrics: None,
+            upstream_targets: None,
         };
         let published = Published {
             snapshot: snapshot_rx,
             statuses: statuses_rx,
             health: health_rx,
+            // Replaced by the verifier's channel when verification is on.
+            upstreams: watch::channel(Arc::new(StatusMap::new())).1,
         };
         (pipeline, published)
     }
@@ -83,6 +90,15 @@ impl Pipeline {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Also publishes where each registration's upstream is (`--verify-upstreams`).
+    pub fn with_upstream_targets(
+        &mut self,
+    ) -> watch::Receiver<Arc<crate::verify::UpstreamTargets>> {
+        let (tx, rx) = watch::channel(Arc::new(crate::verify::UpstreamTargets::new()));
+        self.upstream_targets = Some(tx);
+        rx
     }
 
     /// Applies one event to the index (no translation yet). A `Sync` is returned to be
@@ -145,6 +161,17 @@ impl Pipeline {
         if statuses_changed {
             self.statuses
                 .send_replace(Arc::new(self.conditions.clone()));
+        }
+        if let Some(targets) = &self.upstream_targets {
+            // O(registrations), and only with verification on; subscribers wake on change.
+            let current = crate::verify::targets(&self.index);
+            targets.send_if_modified(|old| {
+                let changed = **old != current;
+                if changed {
+                    *old = Arc::new(current);
+                }
+                changed
+            });
         }
         true
     }

@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub request_rate: crate::sds::limits::RateLimit,
     /// With the Kubernetes source: the type of the condition written (`--condition-type`).
     pub condition_type: String,
+    /// `--verify-upstreams`: TLS handshakes with every registration's upstream, reported
+    /// as `UpstreamTrusted`.
+    pub verify: Option<crate::verify::VerifyConfig>,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +62,7 @@ impl Default for ServeConfig {
             stream_limits: Default::default(),
             request_rate: Default::default(),
             condition_type: crate::status_writer::DEFAULT_CONDITION_TYPE.to_owned(),
+            verify: None,
         }
     }
 }
@@ -133,10 +137,13 @@ pub async fn start_kube(
     let version = discover_registration_version(&client, namespace.as_deref()).await?;
     let (tx, rx) = mpsc::channel(1024);
     let condition_type = config.condition_type.clone();
+    let verify = config.verify.is_some();
     let mut running = start(config, rx).await?;
-    let observed = Arc::new(status_writer::observed::Observed::new(
-        condition_type.clone(),
-    ));
+    let mut types = vec![condition_type.clone()];
+    if verify {
+        types.push(status_writer::UPSTREAM_CONDITION_TYPE.to_owned());
+    }
+    let observed = Arc::new(status_writer::observed::Observed::for_types(types));
     let source = KubeSource::new(client.clone(), namespace).with_status_observer(observed.clone());
     running.background.push(tokio::spawn(async move {
         if let Err(e) = source.run(version, tx).await {
@@ -165,6 +172,7 @@ pub async fn start_kube(
         observed,
         metrics: running.metrics.clone(),
         rejections: running.clients.rejections(),
+        upstream: verify.then(|| running.published.upstreams.clone()),
     };
     running.background.push(tokio::spawn(status_writer::run(
         client,
@@ -180,11 +188,24 @@ pub async fn start(
     events: mpsc::Receiver<SourceEvent>,
 ) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
-    let (pipeline, published) = Pipeline::new(config.translate.clone());
-    let pipeline = pipeline.with_metrics(metrics.clone());
+    let (pipeline, mut published) = Pipeline::new(config.translate.clone());
+    let mut pipeline = pipeline.with_metrics(metrics.clone());
     let clients = Arc::new(ClientRegistry::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let background = vec![tokio::spawn(pipeline.run(events))];
+    let mut background = Vec::new();
+    if let Some(verify) = config.verify.clone() {
+        let (results, upstreams) = watch::channel(Arc::new(crate::snapshot::StatusMap::new()));
+        published.upstreams = upstreams;
+        let inputs = crate::verify::Inputs {
+            targets: pipeline.with_upstream_targets(),
+            snapshot: published.snapshot.clone(),
+            results,
+            metrics: metrics.clone(),
+            system_roots: Arc::new(crate::client::load_system_roots()),
+        };
+        background.push(tokio::spawn(crate::verify::run(verify, inputs)));
+    }
+    background.push(tokio::spawn(pipeline.run(events)));
     let mut tasks = Vec::new();
 
     let encoded = spawn_encoder(published.snapshot.clone(), metrics.clone());

@@ -40,6 +40,10 @@ pub struct Condition {
     pub reason: String,
     pub message: String,
     pub observed_generation: Option<i64>,
+    /// Status `Unknown` (then `ready` is false): used by `UpstreamTrusted` when the
+    /// upstream gave no TLS answer. `Ready` conditions are never unknown.
+    #[serde(skip)]
+    pub unknown: bool,
 }
 
 impl Condition {
@@ -49,6 +53,7 @@ impl Condition {
             reason: reason.to_owned(),
             message,
             observed_generation: generation,
+            unknown: false,
         }
     }
 
@@ -58,12 +63,25 @@ impl Condition {
             reason: reason.to_owned(),
             message,
             observed_generation: generation,
+            unknown: false,
         }
     }
 
-    /// "True" or "False", as Kubernetes writes it.
+    /// Status `Unknown`: the question could not be answered (e.g. no TLS answer).
+    pub fn unknown(reason: &str, message: String, generation: Option<i64>) -> Self {
+        Self {
+            unknown: true,
+            ..Self::not_ready(reason, message, generation)
+        }
+    }
+
+    /// "True", "False" or "Unknown", as Kubernetes writes it.
     pub fn status_str(&self) -> &'static str {
-        if self.ready { "True" } else { "False" }
+        match (self.ready, self.unknown) {
+            (true, _) => "True",
+            (false, false) => "False",
+            (false, true) => "Unknown",
+        }
     }
 }
 

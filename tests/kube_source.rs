@@ -752,6 +752,7 @@ fn writer_over(
         observed: Arc::new(trust_sds::status_writer::observed::Observed::new("Ready")),
         metrics: Arc::new(trust_sds::metrics::Metrics::new()),
         rejections: tokio::sync::watch::channel(Arc::default()).1,
+        upstream: None,
     };
     (statuses_tx, inputs)
 }
@@ -1118,4 +1119,95 @@ async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
     })
     .await;
     running.shutdown().await;
+}
+
+/// `--verify-upstreams` with the Kubernetes source: `UpstreamTrusted` lands on the object
+/// beside `Ready` (one field manager, one apply), and follows a rotation of the Secret.
+#[tokio::test]
+async fn upstream_trusted_is_written_beside_ready() {
+    use support::upstream::Upstream;
+    let fake = FakeApiServer::start(&["v1"]).await;
+    let ca = Ca::root("Weather CA");
+    let upstream = Upstream::start(&ca.leaf("weather.example"), &[]).await;
+    let mut reg = registration("team", "weather", "weather-ca", None);
+    reg["metadata"]["annotations"] = json!({
+        "trust-sds.io/verify-url": "https://weather.example/mcp",
+        "trust-sds.io/verify-connect-to": upstream.addr.to_string(),
+    });
+    fake.apply(reg);
+    fake.apply(secret("team", "weather-ca", true, &[("ca.crt", &ca.pem())]));
+    let config = ServeConfig {
+        verify: Some(trust_sds::verify::VerifyConfig {
+            interval: Duration::from_secs(3600),
+            ..Default::default()
+        }),
+        ..ServeConfig::default()
+    };
+    let _running = server::start_kube(config, fake.client(), None, None)
+        .await
+        .unwrap();
+    let trusted = |fake: &FakeApiServer| {
+        fake.conditions(REG, "team", "weather")
+            .into_iter()
+            .find(|c| c["type"] == "UpstreamTrusted")
+    };
+    let reason = |fake: &FakeApiServer| trusted(fake).map(|c| c["reason"].clone());
+    eventually("UpstreamTrusted=Verified", || {
+        reason(&fake) == Some(json!("Verified"))
+    })
+    .await;
+    let condition = trusted(&fake).unwrap();
+    assert_eq!(condition["status"], "True");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream weather.example:443 verified with bundle version "),
+        "{condition}"
+    );
+    assert_eq!(
+        fake.ready(REG, "team", "weather").unwrap()["status"],
+        "True"
+    );
+
+    // A rotation to a CA the upstream's certificate does not chain to.
+    rotate_weather(&fake, "Unrelated CA");
+    eventually("UpstreamTrusted=UnknownIssuer", || {
+        reason(&fake) == Some(json!("UnknownIssuer"))
+    })
+    .await;
+    let condition = trusted(&fake).unwrap();
+    assert_eq!(condition["status"], "False");
+    assert_eq!(
+        condition["message"],
+        "upstream weather.example:443 presents a certificate issued by \"CN=Weather CA\" that the served bundle does not trust"
+    );
+    assert_eq!(
+        fake.ready(REG, "team", "weather").unwrap()["status"],
+        "True",
+        "the bundle itself is valid"
+    );
+}
+
+/// Without `--verify-upstreams`, trust-sds writes no `UpstreamTrusted` and leaves one that
+/// another manager wrote alone.
+#[tokio::test]
+async fn without_verification_upstream_trusted_is_not_touched() {
+    let fake = FakeApiServer::start(&["v1"]).await;
+    fake.apply(registration("team", "weather", "weather-ca", None));
+    let theirs = json!({"type": "UpstreamTrusted", "status": "Unknown", "reason": "Theirs",
+        "message": "another tool", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    fake.set_foreign_condition(REG, "team", "weather", "other-tool", theirs.clone());
+    rotate_weather(&fake, "A");
+    let _running = start(&fake).await;
+    eventually("Ready written", || {
+        fake.ready(REG, "team", "weather").is_some()
+    })
+    .await;
+    let upstream: Vec<Value> = fake
+        .conditions(REG, "team", "weather")
+        .into_iter()
+        .filter(|c| c["type"] == "UpstreamTrusted")
+        .collect();
+    assert_eq!(upstream, [theirs]);
 }

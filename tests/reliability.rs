@@ -11,7 +11,7 @@ use support::manifests::{registration_yaml, secret_yaml};
 use support::objects::{ca_secret, registration};
 use support::pki::Ca;
 use support::sds::{SotwClient, TestServer};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use trust_sds::pipeline::SourceEvent;
@@ -228,32 +228,12 @@ async fn sigterm_drains_a_thousand_streams_and_exits_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trust-sds"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--manifests",
-        ])
-        .arg(dir.path())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("sds_addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("server exited before serving");
-    })
-    .await
-    .expect("server started");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let serve = support::serve_process::ServeProcess::start(&[
+        "--manifests".as_ref(),
+        dir.path().as_os_str(),
+    ])
+    .await;
+    let (mut child, addr) = (serve.child, serve.sds_addr);
 
     let mut streams = Vec::new();
     for c in 0..10 {

@@ -315,6 +315,7 @@ fn gateway_membership_follows_http_route_parents() {
         Object::Route(Route {
             key: key("apps", "weather-route"),
             parent_gateways: vec![key("gw-system", "gateway")],
+            first_backend: None,
         }),
     ]);
     assert_eq!(

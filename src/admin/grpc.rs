@@ -124,9 +124,23 @@ impl Admin for AdminService {
             error: health.error.clone().unwrap_or_default(),
             skipped: health.skipped.clone().into_iter().collect(),
         };
+        let upstreams = self
+            .published
+            .upstreams
+            .borrow()
+            .iter()
+            .map(|(target, c)| proto::UpstreamStatus {
+                namespace: target.key().namespace.clone(),
+                name: target.key().name.clone(),
+                status: c.status_str().to_owned(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect();
         Ok(Response::new(ListStatusesResponse {
             statuses,
             source: Some(source),
+            upstreams,
         }))
     }
 }

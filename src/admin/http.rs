@@ -1,5 +1,5 @@
-//! Admin HTTP: `/healthz`, `/readyz`, `/metrics` and JSON views (`/bundles`, `/statuses`,
-//! `/clients`).
+//! Admin HTTP: `/healthz`, `/readyz`, `/metrics` and JSON views (`/bundles`, `/statuses`
+//! with the `UpstreamTrusted` results under `upstreams`, `/clients`).
 //!
 //! JSON keys are camelCase, as in the Kubernetes API (`observedGeneration`, `notAfter`), so
 //! the views read like the objects they describe and pipe into the same tools; the keys are
@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
-use crate::metrics::{DeliveryLabels, Metrics, ReadyLabels, ResourceLabels};
+use crate::metrics::{DeliveryLabels, Metrics, ReadyLabels, ResourceLabels, ResultLabels};
 use crate::pipeline::Published;
 use crate::sds::clients::ClientRegistry;
 use crate::sds::delivery::Delivery;
@@ -93,6 +93,16 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
         .statuses
         .get_or_create(&ReadyLabels { ready: "false" })
         .set(statuses.len() as i64 - ready);
+    let upstreams = s.published.upstreams.borrow().clone();
+    s.metrics.upstreams.clear();
+    for c in upstreams.values() {
+        s.metrics
+            .upstreams
+            .get_or_create(&ResultLabels {
+                result: c.reason.clone(),
+            })
+            .inc();
+    }
     (
         [(
             "content-type",
@@ -137,8 +147,20 @@ struct StatusView<'a> {
     delivery: Option<&'a Delivery>,
 }
 
+/// An `UpstreamTrusted` result: `status` is `True`, `False` or `Unknown`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpstreamView<'a> {
+    target: &'a crate::status::StatusTarget,
+    status: &'static str,
+    reason: &'a str,
+    message: &'a str,
+    observed_generation: Option<i64>,
+}
+
 async fn statuses(State(s): State<AdminState>) -> impl IntoResponse {
     let statuses = s.published.statuses.borrow().clone();
+    let upstreams = s.published.upstreams.borrow().clone();
     let health = s.published.health.borrow().clone();
     let snapshot = s.published.snapshot.borrow().clone();
     let deliveries = super::deliveries(&s.clients, &snapshot);
@@ -150,7 +172,17 @@ async fn statuses(State(s): State<AdminState>) -> impl IntoResponse {
             delivery: deliveries.get(target.resource_name().to_string().as_str()),
         })
         .collect();
-    Json(serde_json::json!({ "source": *health, "statuses": views }))
+    let upstream_views: Vec<UpstreamView<'_>> = upstreams
+        .iter()
+        .map(|(target, c)| UpstreamView {
+            target,
+            status: c.status_str(),
+            reason: &c.reason,
+            message: &c.message,
+            observed_generation: c.observed_generation,
+        })
+        .collect();
+    Json(serde_json::json!({ "source": *health, "statuses": views, "upstreams": upstream_views }))
 }
 
 async fn list_clients(State(s): State<AdminState>) -> impl IntoResponse {

@@ -150,6 +150,20 @@ struct ServeArgs {
         env = "TRUST_SDS_CONDITION_TYPE"
     )]
     condition_type: String,
+    /// Verify each registration's upstream with a TLS handshake that trusts what the broker
+    /// would (served bundle + system roots); report it as the `UpstreamTrusted` condition,
+    /// in /statuses, `trust-sds status` and metrics.
+    #[arg(long, env = "TRUST_SDS_VERIFY_UPSTREAMS")]
+    verify_upstreams: bool,
+    /// With --verify-upstreams: how often an unchanged upstream is checked again (±10%).
+    #[arg(long, default_value = "5m", value_parser = probe::parse_duration, value_name = "DURATION", requires = "verify_upstreams")]
+    verify_interval: std::time::Duration,
+    /// With --verify-upstreams: limit for one connect and TLS handshake.
+    #[arg(long, default_value = "5s", value_parser = probe::parse_duration, value_name = "DURATION", requires = "verify_upstreams")]
+    verify_timeout: std::time::Duration,
+    /// With --verify-upstreams: handshakes in flight at once.
+    #[arg(long, default_value_t = 16, requires = "verify_upstreams")]
+    verify_concurrency: usize,
 }
 
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
@@ -218,6 +232,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             expiry_warning_secs: args.expiry_warning_days * 86_400,
         },
         condition_type: args.condition_type,
+        verify: args.verify_upstreams.then(|| crate::verify::VerifyConfig {
+            interval: args.verify_interval.max(std::time::Duration::from_secs(1)),
+            timeout: args.verify_timeout,
+            concurrency: args.verify_concurrency.max(1),
+        }),
     };
     let running = match args.manifests {
         Some(dir) => server::start_manifests(config, dir, args.default_namespace).await?,
@@ -237,7 +256,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             server::start_kube(config, client, args.namespace, lease).await?
         }
     };
-    log_statuses(&running.published);
+    log_statuses(running.published.statuses.clone(), "status");
+    log_statuses(running.published.upstreams.clone(), "upstream");
     shutdown_signal().await;
     tracing::info!(
         streams = running.clients.len(),
@@ -249,8 +269,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Logs every change of the conditions, in both modes: with `--manifests` the log (and the
 /// admin API) is where status shows; with `--kube` it records what the writer applies.
-fn log_statuses(published: &crate::pipeline::Published) {
-    let mut statuses = published.statuses.clone();
+fn log_statuses(
+    mut statuses: tokio::sync::watch::Receiver<std::sync::Arc<crate::snapshot::StatusMap>>,
+    what: &'static str,
+) {
     tokio::spawn(async move {
         let mut last = crate::snapshot::StatusMap::new();
         loop {
@@ -266,9 +288,9 @@ fn log_statuses(published: &crate::pipeline::Published) {
                         }
                     };
                     if c.ready {
-                        tracing::info!(%object, ready = c.status_str(), reason = %c.reason, "status: {}", c.message);
+                        tracing::info!(%object, ready = c.status_str(), reason = %c.reason, "{what}: {}", c.message);
                     } else {
-                        tracing::warn!(%object, ready = c.status_str(), reason = %c.reason, "status: {}", c.message);
+                        tracing::warn!(%object, ready = c.status_str(), reason = %c.reason, "{what}: {}", c.message);
                     }
                 }
             }

@@ -54,6 +54,22 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             s.kind, object, ready, s.reason, held, s.message
         );
     }
+    if !statuses.upstreams.is_empty() {
+        println!();
+        println!(
+            "{:<40} {:<8} {:<18} MESSAGE",
+            "UPSTREAM OF", "TRUSTED", "REASON"
+        );
+    }
+    for u in &statuses.upstreams {
+        // A trust failure fails the command; an unreachable upstream (Unknown) does not.
+        all_ready &= u.status != "False";
+        let object = format!("{}/{}", u.namespace, u.name);
+        println!(
+            "{:<40} {:<8} {:<18} {}",
+            object, u.status, u.reason, u.message
+        );
+    }
     if args.bundles {
         let bundles = client
             .list_bundles(ListBundlesRequest {})

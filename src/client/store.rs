@@ -96,22 +96,10 @@ impl Stores {
     pub(crate) fn install(&self, name: &str, version: &str, pem: &[u8]) -> Result<(), String> {
         let bundle = validate_data(Subject::GatewayBundle, pem)
             .map_err(|check| format!("bundle for {name} rejected: {check}"))?;
-        let mut roots = RootCertStore::empty();
-        for der in &self.system_roots {
-            // A system root rustls cannot use is skipped, as rustls-native-certs advises.
-            let _ = roots.add(der.clone());
-        }
         let served = crate::cert::parse_ca_bundle(bundle.pem().as_bytes())
             .map_err(|e| format!("bundle for {name} rejected: {e}"))?;
-        for cert in &served {
-            roots
-                .add(CertificateDer::from(cert.der.clone()))
-                .map_err(|e| format!("bundle for {name} rejected: certificate \"{}\" unusable as a trust anchor: {e}", cert.display_name))?;
-        }
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| format!("bundle for {name} rejected: {e}"))?;
+        let verifier = verifier_for(&self.provider, &self.system_roots, &served)
+            .map_err(|e| format!("bundle for {name} rejected: {e}"))?;
         let state = TrustState {
             version: version.to_owned(),
             verifier,
@@ -151,4 +139,40 @@ impl Stores {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TrustState>> {
         self.by_name.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A verifier that trusts `system_roots` plus the `served` certificates: what the broker
+/// trusts for one registration (also what `serve --verify-upstreams` checks upstreams with).
+pub fn verifier_for(
+    provider: &Arc<CryptoProvider>,
+    system_roots: &[CertificateDer<'static>],
+    served: &[crate::cert::Certificate],
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for der in system_roots {
+        // A system root rustls cannot use is skipped, as rustls-native-certs advises.
+        let _ = roots.add(der.clone());
+    }
+    for cert in served {
+        roots
+            .add(CertificateDer::from(cert.der.clone()))
+            .map_err(|e| {
+                format!(
+                    "certificate \"{}\" unusable as a trust anchor: {e}",
+                    cert.display_name
+                )
+            })?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The platform's trust anchors (none when they cannot be read; each problem is logged).
+pub fn load_system_roots() -> Vec<CertificateDer<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "could not load some system roots");
+    }
+    found.certs
 }

@@ -90,11 +90,7 @@ impl TrustClient {
     pub fn start(options: ClientOptions) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let system_roots = if options.system_roots {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "could not load some system roots");
-            }
-            found.certs
+            super::store::load_system_roots()
         } else {
             Vec::new()
         };

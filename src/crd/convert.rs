@@ -11,11 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::extension;
 use super::registration;
+use super::route::BackendReference;
 use super::route::HttpRoute;
 use super::shared::{RouteReference, Toggle};
 use crate::model::{
-    GatewayExtension, Object, ObjectKey, Registration, Route, SecretKeyRef, SecretObject,
-    has_opt_in_label,
+    Backend, GatewayExtension, Object, ObjectKey, Registration, Route, SecretKeyRef, SecretObject,
+    UpstreamHints, VERIFY_CONNECT_TO_ANNOTATION, VERIFY_URL_ANNOTATION, has_opt_in_label,
 };
 
 /// Why a document could not become an object.
@@ -56,6 +57,40 @@ fn route_key(r: &RouteReference, namespace: &str) -> Option<ObjectKey> {
     kind_ok.then(|| ObjectKey::new(r.namespace.as_deref().unwrap_or(namespace), &r.name))
 }
 
+fn upstream_hints(meta: &ObjectMeta, path: Option<&str>) -> UpstreamHints {
+    let annotation = |name: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    UpstreamHints {
+        path: path.map(str::to_owned),
+        verify_url: annotation(VERIFY_URL_ANNOTATION),
+        verify_connect_to: annotation(VERIFY_CONNECT_TO_ANNOTATION),
+    }
+}
+
+/// A `backendRef` as the broker reads it: a core Service, or Istio's `Hostname` kind.
+fn backend(b: &BackendReference, route_namespace: &str) -> Option<Backend> {
+    let (b, port) = (&b.object, b.port);
+    let group = b.group.as_deref().unwrap_or_default();
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    match (group, kind) {
+        ("", "Service") => Some(Backend::Service {
+            namespace: b.namespace.as_deref().unwrap_or(route_namespace).to_owned(),
+            name: b.name.clone(),
+            port,
+        }),
+        ("networking.istio.io", "Hostname") => Some(Backend::Hostname {
+            host: b.name.clone(),
+            port,
+        }),
+        _ => None,
+    }
+}
+
 macro_rules! registration_from {
     ($fn_name:ident, $module:path) => {
         pub fn $fn_name(
@@ -72,6 +107,7 @@ macro_rules! registration_from {
                     .map(|r| SecretKeyRef::new(&r.name, r.key.as_deref())),
                 disabled: spec.state == Some(Toggle::Disabled),
                 generation: obj.metadata.generation,
+                upstream: upstream_hints(&obj.metadata, spec.path.as_deref()),
                 key,
             })
         }
@@ -121,9 +157,17 @@ pub fn route(obj: &HttpRoute, default_namespace: &str) -> Result<Route, DecodeEr
         .filter(|p| p.kind.as_deref().is_none_or(|k| k == "Gateway"))
         .map(|p| ObjectKey::new(p.namespace.as_deref().unwrap_or(&key.namespace), &p.name))
         .collect();
+    let first_backend = obj
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| r.backend_refs.first())
+        .next()
+        .and_then(|b| backend(b, &key.namespace));
     Ok(Route {
         key,
         parent_gateways,
+        first_backend,
     })
 }
 

@@ -1,5 +1,11 @@
-//! Writes `Ready` conditions to Kubernetes by server-side apply on the status subresource,
-//! with field manager `trust-sds`, so conditions other controllers own are untouched.
+//! Writes `Ready` conditions (and, with `--verify-upstreams`, `UpstreamTrusted`) to
+//! Kubernetes by server-side apply on the status subresource, with field manager
+//! `trust-sds`, so conditions other controllers own are untouched.
+//!
+//! Both condition types go into the same apply: with server-side apply, a manager's apply
+//! that leaves out a condition it owns removes it, so every apply carries every condition
+//! trust-sds wants on the object. Each type is compared and planned on its own (`plan`); an
+//! object is written when any of them differs.
 //!
 //! Level-triggered: it compares the computed condition (the published status map, a watch
 //! channel: always the newest state, never a growing queue) with the condition the object
@@ -103,16 +109,18 @@ pub fn parse_condition_type(value: &str) -> Result<String, String> {
     }
 }
 
-/// The body of the apply patch (pure: tested without an API server).
-pub fn apply_body(
-    api_version: &str,
-    kind: &str,
-    condition_type: &str,
-    condition: Option<&Condition>,
-    last_transition: &str,
-) -> serde_json::Value {
-    let conditions: Vec<serde_json::Value> = condition
-        .map(|c| {
+/// The condition type of upstream verification (`--verify-upstreams`).
+pub const UPSTREAM_CONDITION_TYPE: &str = "UpstreamTrusted";
+
+/// One condition of an apply: its type, value and `lastTransitionTime`.
+pub type Applied<'a> = (&'a str, &'a Condition, &'a str);
+
+/// The body of the apply patch (pure: tested without an API server). An empty list
+/// releases every condition trust-sds owned on the object.
+pub fn apply_body(api_version: &str, kind: &str, conditions: &[Applied<'_>]) -> serde_json::Value {
+    let conditions: Vec<serde_json::Value> = conditions
+        .iter()
+        .map(|(condition_type, c, last_transition)| {
             let mut v = json!({
                 "type": condition_type,
                 "status": c.status_str(),
@@ -125,7 +133,6 @@ pub fn apply_body(
             }
             v
         })
-        .into_iter()
         .collect();
     json!({ "apiVersion": api_version, "kind": kind, "status": { "conditions": conditions } })
 }
@@ -155,6 +162,9 @@ pub struct Inputs {
     pub metrics: Arc<Metrics>,
     /// Rejected current versions (NACKs), added to the conditions of their objects.
     pub rejections: watch::Receiver<Arc<Rejections>>,
+    /// With `--verify-upstreams`: the computed `UpstreamTrusted` conditions. `None`: that
+    /// type is never written (and one written earlier is released by the next apply).
+    pub upstream: Option<watch::Receiver<Arc<StatusMap>>>,
 }
 
 /// Runs until the status channel closes. `is_leader` gates writing (several replicas).
@@ -166,15 +176,21 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
         observed,
         metrics,
         mut rejections,
+        mut upstream,
     } = inputs;
     // Before every watch has listed, a registration may be seen without its Secret: writing
     // then would flap Ready through a false "not found".
     if health.wait_for(|h| h.synced).await.is_err() {
         return;
     }
+    let mut types = vec![config.condition_type.clone()];
+    if upstream.is_some() {
+        types.push(UPSTREAM_CONDITION_TYPE.to_owned());
+    }
     let mut writer = Writer {
         client,
         config,
+        types,
         observed,
         metrics,
         written: BTreeMap::new(),
@@ -188,19 +204,18 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
     let mut full = true;
     loop {
         if *is_leader.borrow_and_update() {
-            // Woken by something else (an observed object, a due correction), the computed
-            // conditions may have changed too: taking them marks the change seen, so the
-            // pass must then look at every target, or the ones that changed are missed
-            // until the next full pass (seen on a real API server: an extension created
-            // with its registration's new condition in one batch).
-            if statuses.has_changed().unwrap_or(false) || rejections.has_changed().unwrap_or(false)
-            {
-                full = true;
-            }
-            let current = with_rejections(
+            // A change that arrived since the wake-up (which may have been for an observed
+            // object only) is consumed by the borrow below, so it must make this pass full.
+            full |= statuses.has_changed().unwrap_or(false)
+                || rejections.has_changed().unwrap_or(false)
+                || upstream
+                    .as_ref()
+                    .is_some_and(|u| u.has_changed().unwrap_or(false));
+            let mut current = vec![with_rejections(
                 statuses.borrow_and_update().clone(),
                 &rejections.borrow_and_update(),
-            );
+            )];
+            current.extend(upstream.as_mut().map(|u| u.borrow_and_update().clone()));
             let mut targets = writer.observed.take_dirty();
             let now = Instant::now();
             targets.extend(
@@ -211,7 +226,7 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
                     .map(|(t, _)| t.clone()),
             );
             if full {
-                targets.extend(current.keys().cloned());
+                targets.extend(current.iter().flat_map(|m| m.keys().cloned()));
                 targets.extend(writer.written.keys().cloned());
             }
             match writer.pass(&current, targets, &is_leader).await {
@@ -239,6 +254,7 @@ pub async fn run(client: Client, config: StatusWriterConfig, inputs: Inputs) {
             // Without leader election the sender is gone and leadership never changes.
             Ok(()) = is_leader.changed() => full = true,
             Ok(()) = rejections.changed() => full = true,
+            () = changed_or_pending(&mut upstream) => full = true,
             () = writer.observed.changed() => {}
             () = sleep_until(next_due) => {}
         }
@@ -270,6 +286,17 @@ pub fn with_rejections(statuses: Arc<StatusMap>, rejections: &Rejections) -> Arc
     Arc::new(out)
 }
 
+/// Resolves when an optional input changes; never when it is absent or closed.
+async fn changed_or_pending(rx: &mut Option<watch::Receiver<Arc<StatusMap>>>) {
+    let open = match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !open {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
@@ -280,9 +307,12 @@ async fn sleep_until(due: Option<Instant>) {
 struct Writer {
     client: Client,
     config: StatusWriterConfig,
+    /// The condition types written, one slot each: the main type, then `UpstreamTrusted`.
+    types: Vec<String>,
     observed: Arc<Observed>,
     metrics: Arc<Metrics>,
-    written: BTreeMap<StatusTarget, Written>,
+    /// Per target, what was last applied, one entry per slot.
+    written: BTreeMap<StatusTarget, Vec<Written>>,
     fights: BTreeMap<StatusTarget, Fight>,
     /// Overwritten conditions waiting for their correction (a fight's backoff).
     deferred: BTreeMap<StatusTarget, Instant>,
@@ -297,8 +327,8 @@ enum Pass {
 
 struct Job {
     target: StatusTarget,
-    condition: Option<Arc<Condition>>,
-    last_transition: String,
+    /// Per slot: the wanted condition (`None`: not applied, so released) and its time.
+    slots: Vec<Written>,
 }
 
 enum Outcome {
@@ -314,7 +344,7 @@ impl Writer {
     /// thousands of targets outlives a Lease (writes already in flight finish).
     async fn pass(
         &mut self,
-        current: &StatusMap,
+        current: &[Arc<StatusMap>],
         targets: BTreeSet<StatusTarget>,
         is_leader: &watch::Receiver<bool>,
     ) -> Pass {
@@ -322,24 +352,11 @@ impl Writer {
         let now = Instant::now();
         let mut jobs = Vec::new();
         for target in targets {
-            let want = current.get(&target).cloned();
-            let seen = self.observed.get(&target);
-            let decision = plan::decide(
-                want.as_deref(),
-                seen.as_ref(),
-                self.written.get(&target),
-                &now_text,
-            );
-            tracing::trace!(?target, ?decision, "status decision");
-            let last_transition = match decision {
-                Decision::Keep => {
-                    self.deferred.remove(&target);
-                    continue;
-                }
-                Decision::Release => now_text.clone(),
-                Decision::Write { last_transition } => last_transition,
+            let Some((slots, overwritten)) = self.plan_target(current, &target, &now_text) else {
+                self.deferred.remove(&target);
+                continue;
             };
-            if let Some(by) = plan::overwritten_by(want.as_deref(), seen.as_ref()) {
+            if let Some(by) = overwritten {
                 let fight = self.fights.entry(target.clone()).or_default();
                 if !fight.is_pending() {
                     self.metrics.status_conflicts.inc();
@@ -348,7 +365,7 @@ impl Writer {
                 if new_episode {
                     tracing::warn!(
                         ?target,
-                        condition = %self.config.condition_type,
+                        condition = %self.types.join(", "),
                         field_manager = %by,
                         "another writer changed trust-sds's condition; restoring it, and backing off (up to 5m) while that goes on"
                     );
@@ -359,11 +376,7 @@ impl Writer {
                 }
             }
             self.deferred.remove(&target);
-            jobs.push(Job {
-                target,
-                condition: want,
-                last_transition,
-            });
+            jobs.push(Job { target, slots });
         }
         let concurrency = self.config.concurrency.max(1);
         let this = &*self;
@@ -390,13 +403,7 @@ impl Writer {
                     if let Some(fight) = self.fights.get_mut(&job.target) {
                         fight.corrected(now);
                     }
-                    self.written.insert(
-                        job.target,
-                        Written {
-                            condition: job.condition,
-                            last_transition: job.last_transition,
-                        },
-                    );
+                    self.written.insert(job.target, job.slots);
                 }
                 // The object is gone: nothing to write, nothing to remember.
                 Outcome::Gone => {
@@ -415,10 +422,54 @@ impl Writer {
                 }
             }
         }
-        self.written
-            .retain(|t, w| current.contains_key(t) || w.condition.is_some());
+        self.written.retain(|t, slots| {
+            current.iter().any(|m| m.contains_key(t)) || slots.iter().any(|w| w.condition.is_some())
+        });
         self.fights.retain(|_, f| !f.is_over(now));
         pass
+    }
+
+    /// What to apply to `target`, one slot per condition type, or `None` when the object
+    /// already says everything; with the other writer's name when one overwrote a condition.
+    fn plan_target(
+        &self,
+        current: &[Arc<StatusMap>],
+        target: &StatusTarget,
+        now_text: &str,
+    ) -> Option<(Vec<Written>, Option<String>)> {
+        let seen_all = self.observed.get(target);
+        let written_all = self.written.get(target);
+        let mut act = false;
+        let mut overwritten = None;
+        let mut slots = Vec::with_capacity(current.len());
+        for (i, map) in current.iter().enumerate() {
+            let want = map.get(target).cloned();
+            let seen = seen_all.as_ref().map(|s| s.get(i).cloned().flatten());
+            let written = written_all.and_then(|w| w.get(i));
+            let last_transition =
+                match plan::decide(want.as_deref(), seen.as_ref(), written, now_text) {
+                    Decision::Keep => want
+                        .as_deref()
+                        .map(|w| plan::transition_time(w, seen.as_ref(), written, now_text))
+                        .unwrap_or_default(),
+                    Decision::Release => {
+                        act = true;
+                        String::new()
+                    }
+                    Decision::Write { last_transition } => {
+                        act = true;
+                        last_transition
+                    }
+                };
+            if overwritten.is_none() {
+                overwritten = plan::overwritten_by(want.as_deref(), seen.as_ref());
+            }
+            slots.push(Written {
+                condition: want,
+                last_transition,
+            });
+        }
+        act.then_some((slots, overwritten))
     }
 
     async fn apply(&self, job: &Job) -> Outcome {
@@ -426,13 +477,16 @@ impl Writer {
         let name = match &job.target {
             StatusTarget::Registration(k) | StatusTarget::Extension(k) => &k.name,
         };
-        let body = apply_body(
-            &api_version,
-            kind,
-            &self.config.condition_type,
-            job.condition.as_deref(),
-            &job.last_transition,
-        );
+        let conditions: Vec<Applied<'_>> = self
+            .types
+            .iter()
+            .zip(&job.slots)
+            .filter_map(|(t, w)| {
+                let c = w.condition.as_deref()?;
+                Some((t.as_str(), c, w.last_transition.as_str()))
+            })
+            .collect();
+        let body = apply_body(&api_version, kind, &conditions);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch_status(name, &params, &Patch::Apply(&body)).await {
             Ok(object) => Outcome::Applied(serde_json::to_value(object).unwrap_or_default()),

@@ -83,22 +83,31 @@ fn owners(object: &Value, condition_type: &str) -> (bool, Vec<String>) {
 
 /// The latest observation per target, filled by the Kubernetes source and by the writer's
 /// own applies; the writer is woken for the targets that changed.
+///
+/// Holds one slot per condition type trust-sds writes (`Ready`, and `UpstreamTrusted` with
+/// `--verify-upstreams`), in the writer's order.
 pub struct Observed {
-    condition_type: String,
+    condition_types: Vec<String>,
     state: Mutex<State>,
     changed: Notify,
 }
 
 #[derive(Default)]
 struct State {
-    seen: BTreeMap<StatusTarget, Option<Seen>>,
+    seen: BTreeMap<StatusTarget, Vec<Option<Seen>>>,
     dirty: BTreeSet<StatusTarget>,
 }
 
 impl Observed {
+    /// Observes one condition type.
     pub fn new(condition_type: impl Into<String>) -> Self {
+        Self::for_types(vec![condition_type.into()])
+    }
+
+    /// Observes these condition types (slot `i` is `condition_types[i]`).
+    pub fn for_types(condition_types: Vec<String>) -> Self {
         Self {
-            condition_type: condition_type.into(),
+            condition_types,
             state: Mutex::default(),
             changed: Notify::new(),
         }
@@ -110,7 +119,7 @@ impl Observed {
 
     /// Notes `object` (as JSON) as the current state of `target`.
     pub fn object(&self, target: StatusTarget, object: &Value) {
-        let seen = seen_condition(object, &self.condition_type);
+        let seen = self.seen_all(object);
         let mut state = self.lock();
         if state.seen.get(&target) != Some(&seen) {
             state.seen.insert(target.clone(), seen);
@@ -123,8 +132,15 @@ impl Observed {
     /// Notes the object as our own apply answered it: the newest state, but no reason to
     /// look again.
     pub fn applied(&self, target: StatusTarget, object: &Value) {
-        let seen = seen_condition(object, &self.condition_type);
+        let seen = self.seen_all(object);
         self.lock().seen.insert(target, seen);
+    }
+
+    fn seen_all(&self, object: &Value) -> Vec<Option<Seen>> {
+        self.condition_types
+            .iter()
+            .map(|t| seen_condition(object, t))
+            .collect()
     }
 
     /// The object is gone.
@@ -137,9 +153,9 @@ impl Observed {
         self.lock().seen.retain(|t, _| keep(t));
     }
 
-    /// What the object says, if the object has been seen (`Some(None)`: seen, without
-    /// this condition).
-    pub fn get(&self, target: &StatusTarget) -> Option<Option<Seen>> {
+    /// What the object says per slot, if the object has been seen (`Some([None])`: seen,
+    /// without the condition).
+    pub fn get(&self, target: &StatusTarget) -> Option<Vec<Option<Seen>>> {
         self.lock().seen.get(target).cloned()
     }
 
@@ -228,7 +244,10 @@ mod tests {
         assert_eq!(observed.take_dirty().len(), 1);
         observed.object(target.clone(), &o);
         assert!(observed.take_dirty().is_empty(), "the same condition again");
-        assert_eq!(observed.get(&target).unwrap().unwrap().reason, "Broken");
+        assert_eq!(
+            observed.get(&target).unwrap()[0].as_ref().unwrap().reason,
+            "Broken"
+        );
         observed.forget(&target);
         assert!(observed.get(&target).is_none());
     }

@@ -50,18 +50,32 @@ pub fn decide(
     if up_to_date {
         return Decision::Keep;
     }
-    // A transition is a change of `status` only: a new message keeps the time, which comes
-    // from the object (so it survives restarts and leader changes), else from our last write.
+    Decision::Write {
+        last_transition: transition_time(want, seen, written, now),
+    }
+}
+
+/// The `lastTransitionTime` to write with `want`. A transition is a change of `status`
+/// only: a new message keeps the time, which comes from the object (so it survives
+/// restarts and leader changes), else from our last write, else it is `now`.
+pub fn transition_time(
+    want: &Condition,
+    seen: Option<&Option<Seen>>,
+    written: Option<&Written>,
+    now: &str,
+) -> String {
     let from_object = seen
         .and_then(Option::as_ref)
         .filter(|s| s.status == want.status_str())
         .and_then(|s| s.last_transition_time.clone());
     let from_write = written
-        .filter(|w| w.condition.as_ref().is_some_and(|c| c.ready == want.ready))
+        .filter(|w| {
+            w.condition
+                .as_ref()
+                .is_some_and(|c| c.status_str() == want.status_str())
+        })
         .map(|w| w.last_transition.clone());
-    Decision::Write {
-        last_transition: from_object.or(from_write).unwrap_or_else(|| now.to_owned()),
-    }
+    from_object.or(from_write).unwrap_or_else(|| now.to_owned())
 }
 
 /// The other writer, if the object differs from what trust-sds wants because another field

@@ -9,4 +9,5 @@ pub mod objects;
 pub mod pki;
 pub mod replicas;
 pub mod sds;
+pub mod serve_process;
 pub mod upstream;

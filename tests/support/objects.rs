@@ -19,6 +19,7 @@ pub fn registration(ns: &str, name: &str, secret: &str) -> Object {
         ca_cert_secret_ref: Some(SecretKeyRef::new(secret, None)),
         target_route: None,
         disabled: false,
+        upstream: Default::default(),
     })
 }
 
