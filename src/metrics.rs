@@ -20,6 +20,13 @@ pub struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceDeliveryLabels {
+    pub resource: String,
+    /// `acked`, `rejected` or `pending`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     /// `acked`, `rejected` or `pending`.
     pub state: &'static str,
@@ -72,6 +79,8 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     /// (subscriber, resource) pairs by what the subscriber did with the current version.
     pub deliveries: Family<DeliveryLabels, Gauge>,
+    /// The same per served resource.
+    pub resource_deliveries: Family<ResourceDeliveryLabels, Gauge>,
     /// Upstream TLS handshakes done by `--verify-upstreams`, by result.
     pub upstream_verifications: Family<ResultLabels, Counter>,
     /// Registrations per current `UpstreamTrusted` reason (refreshed at scrape time).
@@ -105,6 +114,7 @@ impl Metrics {
             statuses: Family::default(),
             status_conflicts: Counter::default(),
             deliveries: Family::default(),
+            resource_deliveries: Family::default(),
             upstream_verifications: Family::default(),
             upstreams: Family::default(),
             registry: Registry::default(),
@@ -176,6 +186,11 @@ impl Metrics {
             "sds_deliveries",
             "Subscriptions to served resources by what the subscriber did with the current version: acked (holds it), rejected (NACK), pending",
             m.deliveries.clone(),
+        );
+        registry.register(
+            "sds_resource_deliveries",
+            "Subscribers of each served resource by what they did with its current version: acked, rejected (NACK), pending",
+            m.resource_deliveries.clone(),
         );
         registry.register(
             "upstream_verifications",

@@ -1064,6 +1064,15 @@ async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
         .unwrap();
     let bundles: Value = serde_json::from_str(&bundles).unwrap();
     assert_eq!(bundles[0]["delivery"], delivery, "/bundles");
+    let (_, metrics) = support::envoy::http_get(running.admin_addr.port(), "/metrics")
+        .await
+        .unwrap();
+    for line in [
+        "trust_sds_sds_resource_deliveries{resource=\"team/weather\",state=\"rejected\"} 1",
+        "trust_sds_sds_deliveries{state=\"pending\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
 
     // Connects and ACKs are no events: the condition keeps saying "1 of 2" and nothing is
     // written, though a fourth subscriber takes the bundle and the silent one answers.

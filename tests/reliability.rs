@@ -97,6 +97,7 @@ async fn admin_endpoints_report_health_metrics_and_views() {
         "trust_sds_bundle_expiry_timestamp_seconds{resource=\"team/a\"}",
         "trust_sds_statuses{ready=\"true\"} 1",
         "trust_sds_sds_deliveries{state=\"rejected\"} 0",
+        "trust_sds_sds_resource_deliveries{resource=\"team/a\",state=\"acked\"}",
     ] {
         assert!(
             metrics.contains(expected),

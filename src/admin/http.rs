@@ -17,7 +17,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 
-use crate::metrics::{DeliveryLabels, Metrics, ReadyLabels, ResourceLabels, ResultLabels};
+use crate::metrics::{
+    DeliveryLabels, Metrics, ReadyLabels, ResourceDeliveryLabels, ResourceLabels, ResultLabels,
+};
 use crate::pipeline::Published;
 use crate::sds::clients::ClientRegistry;
 use crate::sds::delivery::Delivery;
@@ -72,10 +74,23 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
         }
     }
     let mut states = [0i64; 3];
-    for d in super::deliveries(&s.clients, &snapshot).values() {
-        states[0] += d.acked as i64;
-        states[1] += d.rejected as i64;
-        states[2] += d.pending as i64;
+    s.metrics.resource_deliveries.clear();
+    for (name, d) in &super::deliveries(&s.clients, &snapshot) {
+        let counts = [d.acked as i64, d.rejected as i64, d.pending as i64];
+        for (i, (state, n)) in ["acked", "rejected", "pending"]
+            .into_iter()
+            .zip(counts)
+            .enumerate()
+        {
+            states[i] += n;
+            s.metrics
+                .resource_deliveries
+                .get_or_create(&ResourceDeliveryLabels {
+                    resource: name.to_string(),
+                    state,
+                })
+                .set(n);
+        }
     }
     for (state, n) in ["acked", "rejected", "pending"].into_iter().zip(states) {
         s.metrics
