@@ -124,6 +124,9 @@ pub async fn run(config: VerifyConfig, inputs: Inputs) {
     let mut conditions = StatusMap::new();
     let mut jobs: JoinSet<(ObjectKey, Subject, Outcome)> = JoinSet::new();
     let mut jitter = Jitter::new();
+    // Task -> registration, so a task that panics still frees its registration's slot.
+    let mut running: std::collections::HashMap<tokio::task::Id, ObjectKey> =
+        std::collections::HashMap::new();
     loop {
         let current_targets = targets.borrow_and_update().clone();
         let current_snapshot = snapshot.borrow_and_update().clone();
@@ -152,10 +155,12 @@ pub async fn run(config: VerifyConfig, inputs: Inputs) {
             let subject = entry.subject.clone();
             let (roots, provider, timeout) =
                 (system_roots.clone(), provider.clone(), config.timeout);
-            jobs.spawn(async move {
+            let owner = key.clone();
+            let task = jobs.spawn(async move {
                 let outcome = verify(&subject, &roots, provider, timeout).await;
                 (key, subject, outcome)
             });
+            running.insert(task.id(), owner);
         }
         let next_due = entries
             .values()
@@ -165,7 +170,25 @@ pub async fn run(config: VerifyConfig, inputs: Inputs) {
         tokio::select! {
             r = targets.changed() => if r.is_err() { break },
             r = snapshot.changed() => if r.is_err() { break },
-            Some(Ok((key, subject, outcome))) = jobs.join_next() => {
+            Some(joined) = jobs.join_next_with_id() => {
+                let (key, subject, outcome) = match joined {
+                    Ok((id, done)) => {
+                        running.remove(&id);
+                        done
+                    }
+                    Err(e) => {
+                        // Not expected (the handshake code does not panic on input), but a
+                        // lost task must not stop its registration from being checked again.
+                        if let Some(key) = running.remove(&e.id())
+                            && let Some(entry) = entries.get_mut(&key)
+                        {
+                            tracing::error!(registration = %key, error = %e, "upstream verification task failed; retrying at the next interval");
+                            entry.in_flight = false;
+                            entry.due = Instant::now() + jitter.around(config.interval);
+                        }
+                        continue;
+                    }
+                };
                 metrics.upstream_verified(outcome.reason());
                 if let Some(entry) = entries.get_mut(&key) {
                     entry.in_flight = false;
