@@ -15,6 +15,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
+use crate::sds::Subscription as _;
 use crate::sds::delta::DeltaStream;
 use crate::sds::encode::{EncodedResource, SdsSnapshot};
 use crate::sds::sotw::SotwStream;

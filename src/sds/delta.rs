@@ -12,8 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::encode::{SdsSnapshot, WireResponse};
-use super::sotw::{Ack, Answered};
-use super::{SECRET_TYPE_URL, UnknownNamePolicy, accepts_type};
+use super::{Ack, Answered, SECRET_TYPE_URL, Subscription, UnknownNamePolicy, accepts_type};
 
 /// A Delta response: this stream's fields (nonce, removed names) and the shared resources.
 pub type DeltaResponse = WireResponse<DeltaDiscoveryResponse>;
@@ -55,109 +54,6 @@ impl DeltaStream {
 
     pub fn is_wildcard(&self) -> bool {
         self.wildcard
-    }
-
-    /// The names a request adds (`initial_resource_versions` included) and whether it asks
-    /// for everything: `*`, or the legacy wildcard, a first request that subscribes to
-    /// nothing. Unlike SotW, a Delta wildcard (legacy or explicit) lasts until `*` is
-    /// unsubscribed: the xDS protocol reads a later subscription to "A" as "the wildcard
-    /// and A".
-    pub fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
-        let mut names: Vec<&str> = req
-            .resource_names_subscribe
-            .iter()
-            .map(String::as_str)
-            .collect();
-        if !self.started {
-            names.extend(req.initial_resource_versions.keys().map(String::as_str));
-        }
-        let wildcard =
-            names.contains(&"*") || (!self.started && req.resource_names_subscribe.is_empty());
-        (names, wildcard)
-    }
-
-    /// Whether a request only answers a response (ACK or NACK) and changes nothing.
-    pub fn is_reply(&self, req: &DeltaDiscoveryRequest) -> bool {
-        self.started
-            && !req.response_nonce.is_empty()
-            && req.resource_names_subscribe.is_empty()
-            && req.resource_names_unsubscribe.is_empty()
-    }
-
-    pub fn on_request(
-        &mut self,
-        req: &DeltaDiscoveryRequest,
-        snap: &SdsSnapshot,
-    ) -> (Ack, Option<DeltaResponse>) {
-        if !accepts_type(&req.type_url, self.allow_empty_type) {
-            return (Ack::UnsupportedType(req.type_url.clone()), None);
-        }
-        // A reply to the newest response answers everything sent since the last such reply
-        // (clients reply in order); a reply to an older one is left to the newer reply.
-        let mut answers = || {
-            if req.response_nonce.parse::<u64>() == Ok(self.nonce) {
-                std::mem::take(&mut self.unanswered).into_iter().collect()
-            } else {
-                Answered::new()
-            }
-        };
-        let ack = match (&req.error_detail, req.response_nonce.as_str()) {
-            (_, "") => Ack::None,
-            (Some(status), nonce) => Ack::Nack {
-                version: nonce.to_owned(),
-                message: status.message.clone(),
-                code: status.code,
-                answers: answers(),
-            },
-            (None, nonce) => Ack::Ack {
-                version: nonce.to_owned(),
-                answers: answers(),
-            },
-        };
-        if !self.started {
-            self.started = true;
-            for (name, version) in &req.initial_resource_versions {
-                self.known.insert(name.clone(), Arc::from(version.as_str()));
-            }
-            // Legacy wildcard: a first request that names nothing.
-            if req.resource_names_subscribe.is_empty() {
-                self.wildcard = true;
-            }
-        }
-        for name in &req.resource_names_subscribe {
-            if name == "*" {
-                self.wildcard = true;
-            } else {
-                self.names.insert(name.clone());
-            }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                self.wildcard = false;
-            } else {
-                self.names.remove(name);
-            }
-        }
-        let (names, wildcard) = (&self.names, self.wildcard);
-        self.known.retain(|n, _| wildcard || names.contains(n));
-        self.answered_missing.retain(|n| names.contains(n));
-        (ack, self.respond(snap))
-    }
-
-    /// The versions a first request says the client already holds
-    /// (`initial_resource_versions`): held without a response to answer.
-    pub fn claimed(&self, req: &DeltaDiscoveryRequest) -> Answered {
-        req.initial_resource_versions
-            .iter()
-            .map(|(n, v)| (Arc::from(n.as_str()), Arc::from(v.as_str())))
-            .collect()
-    }
-
-    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
-        if !self.started {
-            return None;
-        }
-        self.respond(snap)
     }
 
     fn respond(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
@@ -219,6 +115,139 @@ impl DeltaStream {
             },
             resources,
         })
+    }
+
+    /// Whether a request asks for everything: `*` subscribed, or the legacy wildcard, a
+    /// first request that subscribes to nothing. (Unsubscribing `*` ends it; see
+    /// `on_request`.)
+    fn wants_wildcard(&self, req: &DeltaDiscoveryRequest) -> bool {
+        req.resource_names_subscribe.iter().any(|n| n == "*")
+            || (!self.started && req.resource_names_subscribe.is_empty())
+    }
+}
+
+impl Subscription for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaResponse;
+
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snap: &SdsSnapshot,
+    ) -> (Ack, Option<DeltaResponse>) {
+        if !accepts_type(&req.type_url, self.allow_empty_type) {
+            return (Ack::UnsupportedType(req.type_url.clone()), None);
+        }
+        // A reply to the newest response answers everything sent since the last such reply
+        // (clients reply in order); a reply to an older one is left to the newer reply.
+        let mut answers = || {
+            if req.response_nonce.parse::<u64>() == Ok(self.nonce) {
+                std::mem::take(&mut self.unanswered).into_iter().collect()
+            } else {
+                Answered::new()
+            }
+        };
+        let ack = match (&req.error_detail, req.response_nonce.as_str()) {
+            (_, "") => Ack::None,
+            (Some(status), nonce) => Ack::Nack {
+                version: nonce.to_owned(),
+                message: status.message.clone(),
+                code: status.code,
+                answers: answers(),
+            },
+            (None, nonce) => Ack::Ack {
+                version: nonce.to_owned(),
+                answers: answers(),
+            },
+        };
+        // The rule authorization asks too (`requested`): one place says what a wildcard is.
+        if self.wants_wildcard(req) {
+            self.wildcard = true;
+        }
+        if !self.started {
+            self.started = true;
+            for (name, version) in &req.initial_resource_versions {
+                self.known.insert(name.clone(), Arc::from(version.as_str()));
+            }
+        }
+        for name in req.resource_names_subscribe.iter().filter(|n| *n != "*") {
+            self.names.insert(name.clone());
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(name);
+            }
+        }
+        let (names, wildcard) = (&self.names, self.wildcard);
+        self.known.retain(|n, _| wildcard || names.contains(n));
+        self.answered_missing.retain(|n| names.contains(n));
+        (ack, self.respond(snap))
+    }
+
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
+        if !self.started {
+            return None;
+        }
+        self.respond(snap)
+    }
+
+    /// The names a request adds (`initial_resource_versions` included) and whether it asks
+    /// for everything: `*`, or the legacy wildcard, a first request that subscribes to
+    /// nothing. Unlike SotW, a Delta wildcard (legacy or explicit) lasts until `*` is
+    /// unsubscribed: the xDS protocol reads a later subscription to "A" as "the wildcard
+    /// and A".
+    fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
+        let mut names: Vec<&str> = req
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if !self.started {
+            names.extend(req.initial_resource_versions.keys().map(String::as_str));
+        }
+        (names, self.wants_wildcard(req))
+    }
+
+    /// Whether a request only answers a response (ACK or NACK) and changes nothing.
+    fn is_reply(&self, req: &DeltaDiscoveryRequest) -> bool {
+        self.started
+            && !req.response_nonce.is_empty()
+            && req.resource_names_subscribe.is_empty()
+            && req.resource_names_unsubscribe.is_empty()
+    }
+
+    /// The versions a first request says the client already holds
+    /// (`initial_resource_versions`): held without a response to answer.
+    fn claimed(&self, req: &DeltaDiscoveryRequest) -> Answered {
+        req.initial_resource_versions
+            .iter()
+            .map(|(n, v)| (Arc::from(n.as_str()), Arc::from(v.as_str())))
+            .collect()
+    }
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn name_count(req: &DeltaDiscoveryRequest) -> usize {
+        req.resource_names_subscribe.len() + req.initial_resource_versions.len()
+    }
+
+    fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
+        !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
+    }
+
+    fn subscription(&self) -> (Vec<String>, bool) {
+        (
+            self.names().map(str::to_owned).collect(),
+            self.is_wildcard(),
+        )
+    }
+
+    fn resource_count(resp: &DeltaResponse) -> usize {
+        resp.resources.len() + resp.head.removed_resources.len()
     }
 }
 
@@ -325,5 +354,191 @@ mod tests {
         answers.sort();
         let want: Answered = vec![("a/1".into(), "v2".into()), ("b/1".into(), "v1".into())];
         assert_eq!(answers, want, "the newest version of each name sent");
+    }
+
+    /// A step of a protocol case: a request (subscribe, unsubscribe, nonce, a NACK's
+    /// message, initial versions) or a new snapshot.
+    enum Step {
+        Req {
+            sub: &'static [&'static str],
+            unsub: &'static [&'static str],
+            nonce: &'static str,
+            nack: Option<&'static str>,
+            initial: &'static [(&'static str, &'static str)],
+        },
+        Snap(&'static [(&'static str, &'static str)]),
+    }
+
+    const fn req(sub: &'static [&'static str], nonce: &'static str) -> Step {
+        Step::Req {
+            sub,
+            unsub: &[],
+            nonce,
+            nack: None,
+            initial: &[],
+        }
+    }
+
+    /// The protocol cases of DESIGN.md, Delta: each step, what the request meant (`ack`,
+    /// `nack`, `none`; `-` for a snapshot), the resources of the response and its removed
+    /// names (`None`: nothing sent).
+    #[test]
+    fn protocol_cases() {
+        use Step::*;
+        type Sent = (&'static [&'static str], &'static [&'static str]);
+        type Want = (&'static str, Option<Sent>);
+        let cases: &[(&str, &[(Step, Want)])] = &[
+            (
+                "ACK: no reply",
+                &[
+                    (req(&["a/1"], ""), ("none", Some((&["a/1"], &[])))),
+                    (req(&[], "1"), ("ack", None)),
+                ],
+            ),
+            (
+                "NACK: the version is not resent, the next one is",
+                &[
+                    (req(&["a/1"], ""), ("none", Some((&["a/1"], &[])))),
+                    (
+                        Req {
+                            sub: &[],
+                            unsub: &[],
+                            nonce: "1",
+                            nack: Some("bad"),
+                            initial: &[],
+                        },
+                        ("nack", None),
+                    ),
+                    (Snap(&[("a/1", "v1"), ("b/1", "v2")]), ("-", None)),
+                    (
+                        Snap(&[("a/1", "v2"), ("b/1", "v2")]),
+                        ("-", Some((&["a/1"], &[]))),
+                    ),
+                ],
+            ),
+            (
+                "an older nonce: an ACK that answers nothing, nothing resent",
+                &[
+                    (req(&["a/1"], ""), ("none", Some((&["a/1"], &[])))),
+                    (
+                        Snap(&[("a/1", "v2"), ("b/1", "v1")]),
+                        ("-", Some((&["a/1"], &[]))),
+                    ),
+                    (req(&[], "1"), ("ack", None)),
+                ],
+            ),
+            (
+                "growth: only the added name",
+                &[
+                    (req(&["a/1"], ""), ("none", Some((&["a/1"], &[])))),
+                    (req(&["b/1"], "1"), ("ack", Some((&["b/1"], &[])))),
+                ],
+            ),
+            (
+                "shrink: nothing sent, the dropped name no longer pushed",
+                &[
+                    (
+                        req(&["a/1", "b/1"], ""),
+                        ("none", Some((&["a/1", "b/1"], &[]))),
+                    ),
+                    (
+                        Req {
+                            sub: &[],
+                            unsub: &["b/1"],
+                            nonce: "1",
+                            nack: None,
+                            initial: &[],
+                        },
+                        ("ack", None),
+                    ),
+                    (Snap(&[("a/1", "v1"), ("b/1", "v2")]), ("-", None)),
+                ],
+            ),
+            (
+                "wildcard: everything, then only what changes, and withdrawals",
+                &[
+                    (req(&[], ""), ("none", Some((&["a/1", "b/1"], &[])))),
+                    (
+                        Snap(&[("a/1", "v1"), ("c/1", "v1")]),
+                        ("-", Some((&["c/1"], &["b/1"]))),
+                    ),
+                ],
+            ),
+            (
+                "unknown name (hold): nothing until it appears",
+                &[
+                    (req(&["x/1"], ""), ("none", None)),
+                    (
+                        Snap(&[("a/1", "v1"), ("x/1", "v1")]),
+                        ("-", Some((&["x/1"], &[]))),
+                    ),
+                ],
+            ),
+            (
+                "initial versions: what the client holds is not resent",
+                &[
+                    (
+                        Req {
+                            sub: &["a/1", "b/1"],
+                            unsub: &[],
+                            nonce: "",
+                            nack: None,
+                            initial: &[("a/1", "v1"), ("b/1", "old")],
+                        },
+                        ("none", Some((&["b/1"], &[]))),
+                    ),
+                    (
+                        Snap(&[("a/1", "v2"), ("b/1", "v1")]),
+                        ("-", Some((&["a/1"], &[]))),
+                    ),
+                ],
+            ),
+            (
+                "withdrawal of a held name",
+                &[
+                    (req(&["a/1"], ""), ("none", Some((&["a/1"], &[])))),
+                    (Snap(&[("b/1", "v1")]), ("-", Some((&[], &["a/1"])))),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut s = DeltaStream::new(UnknownNamePolicy::Hold, true);
+            let mut snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+            for (i, (step, (want_ack, want_sent))) in steps.iter().enumerate() {
+                let (ack, response) = match step {
+                    Req {
+                        sub,
+                        unsub,
+                        nonce,
+                        nack,
+                        initial,
+                    } => {
+                        let mut r = request(sub, unsub, nonce);
+                        r.error_detail = nack.map(crate::sds::nack_detail);
+                        r.initial_resource_versions = initial
+                            .iter()
+                            .map(|(n, v)| (n.to_string(), v.to_string()))
+                            .collect();
+                        let (ack, resp) = s.on_request(&r, &snap);
+                        (ack.kind(), resp)
+                    }
+                    Snap(resources) => {
+                        snap = SdsSnapshot::of(resources);
+                        ("-", s.on_snapshot(&snap))
+                    }
+                };
+                assert_eq!(ack, *want_ack, "{name}, step {i}");
+                let have = response
+                    .as_ref()
+                    .map(|r| (names(r), r.head.removed_resources.clone()));
+                let want = want_sent.map(|(n, rm)| {
+                    (
+                        n.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                        rm.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    )
+                });
+                assert_eq!(have, want, "{name}, step {i}");
+            }
+        }
     }
 }

@@ -62,3 +62,86 @@ impl Default for SdsOptions {
 pub fn accepts_type(type_url: &str, allow_empty: bool) -> bool {
     type_url == SECRET_TYPE_URL || (allow_empty && type_url.is_empty())
 }
+
+/// The (name, version) pairs a reply answers: what the client now holds (ACK) or refused
+/// (NACK), for the delivery report.
+pub type Answered = Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>;
+
+/// What a request meant, for logs, metrics and the client registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    None,
+    Ack {
+        version: String,
+        answers: Answered,
+    },
+    /// `code`: the gRPC status code in the client's `error_detail`.
+    Nack {
+        version: String,
+        message: String,
+        code: i32,
+        answers: Answered,
+    },
+    Stale,
+    UnsupportedType(String),
+}
+
+/// One xDS stream's protocol state, implemented by the State-of-the-World
+/// ([`sotw::SotwStream`]) and Delta ([`delta::DeltaStream`]) machines; the stream driver
+/// ([`service`]) runs either, and authorization asks it which names a request wants, so
+/// each xDS rule is written once, in the machine. Pure: no I/O, testable without gRPC.
+pub trait Subscription: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    /// Applies a request (ACK/NACK bookkeeping, subscription changes): what it meant, and
+    /// a response when there is something to send.
+    fn on_request(
+        &mut self,
+        req: &Self::Req,
+        snap: &encode::SdsSnapshot,
+    ) -> (Ack, Option<Self::Resp>);
+    /// A new snapshot: a response when the subscribed content changed.
+    fn on_snapshot(&mut self, snap: &encode::SdsSnapshot) -> Option<Self::Resp>;
+    fn node(req: &Self::Req) -> Option<&str>;
+    /// How many resource names the request carries (for the per-request limit).
+    fn name_count(req: &Self::Req) -> usize;
+    /// The names a request asks for, and whether it asks for everything (authorization).
+    fn requested<'a>(&self, req: &'a Self::Req) -> (Vec<&'a str>, bool);
+    /// Whether a request only answers a response (ACK/NACK) and leaves the subscription as
+    /// it is: the only kind of request a response pays for (see `RequestBudget`).
+    fn is_reply(&self, req: &Self::Req) -> bool;
+    /// Whether the request may change the subscription the registry shows.
+    fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
+    /// The subscribed names, and whether it is a wildcard.
+    fn subscription(&self) -> (Vec<String>, bool);
+    fn resource_count(resp: &Self::Resp) -> usize;
+    /// Versions the request says the client already holds (Delta's
+    /// `initial_resource_versions`), for the delivery report.
+    fn claimed(&self, _req: &Self::Req) -> Answered {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+impl Ack {
+    /// A word per variant, for the machines' protocol tables.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Ack::None => "none",
+            Ack::Ack { .. } => "ack",
+            Ack::Nack { .. } => "nack",
+            Ack::Stale => "stale",
+            Ack::UnsupportedType(_) => "type",
+        }
+    }
+}
+
+/// A client's `error_detail` for a NACK, in the machines' protocol tables.
+#[cfg(test)]
+pub(crate) fn nack_detail(message: &str) -> envoy_types::pb::google::rpc::Status {
+    envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message: message.into(),
+        details: vec![],
+    }
+}

@@ -17,7 +17,8 @@ use super::connection::PeerKeys;
 use super::delta::{DeltaResponse, DeltaStream};
 use super::encode::SdsSnapshot;
 use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
-use super::sotw::{Ack, SotwResponse, SotwStream};
+use super::sotw::{SotwResponse, SotwStream};
+use super::{Ack, Subscription};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
 use crate::metrics::{ApiLabels, Metrics};
@@ -64,7 +65,7 @@ impl SdsServer {
     /// so an idle stream costs its state and nothing more, and a push wakes one task. A slow
     /// client is not polled until it has window again, and then gets the newest snapshot,
     /// never a queue of stale ones.
-    fn open<M: Machine>(
+    fn open<M: Subscription>(
         &self,
         api: &'static str,
         machine: M,
@@ -118,118 +119,6 @@ fn node_identity(is_unix: bool, node: Option<&str>) -> Option<String> {
 /// A stream's responses; an error status ends it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// A stream's protocol state machine.
-trait Machine: Send + 'static {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
-    fn on_request(&mut self, req: &Self::Req, snap: &SdsSnapshot) -> (Ack, Option<Self::Resp>);
-    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<Self::Resp>;
-    fn node(req: &Self::Req) -> Option<&str>;
-    /// How many resource names the request carries (for the per-request limit).
-    fn name_count(req: &Self::Req) -> usize;
-    /// The names a request asks for, and whether it asks for everything (authorization).
-    fn requested<'a>(&self, req: &'a Self::Req) -> (Vec<&'a str>, bool);
-    /// Whether a request only answers a response (ACK/NACK) and leaves the subscription as
-    /// it is: the only kind of request a response pays for (see `RequestBudget`).
-    fn is_reply(&self, req: &Self::Req) -> bool;
-    /// Whether the request may change the subscription the registry shows.
-    fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
-    fn subscription(&self) -> (Vec<String>, bool);
-    fn resource_count(resp: &Self::Resp) -> usize;
-    /// Versions the request says the client already holds (Delta's
-    /// `initial_resource_versions`), for the delivery report.
-    fn claimed(&self, _req: &Self::Req) -> super::sotw::Answered {
-        Vec::new()
-    }
-}
-
-impl Machine for SotwStream {
-    type Req = DiscoveryRequest;
-    type Resp = SotwResponse;
-    fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        snap: &SdsSnapshot,
-    ) -> (Ack, Option<SotwResponse>) {
-        SotwStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
-        SotwStream::on_snapshot(self, snap)
-    }
-    fn node(req: &DiscoveryRequest) -> Option<&str> {
-        req.node.as_ref().map(|n| n.id.as_str())
-    }
-    fn name_count(req: &DiscoveryRequest) -> usize {
-        req.resource_names.len()
-    }
-    fn requested<'a>(&self, req: &'a DiscoveryRequest) -> (Vec<&'a str>, bool) {
-        let names: Vec<&str> = req
-            .resource_names
-            .iter()
-            .map(String::as_str)
-            .filter(|n| *n != "*")
-            .collect();
-        (names, self.wants_wildcard(req))
-    }
-    fn is_reply(&self, req: &DiscoveryRequest) -> bool {
-        !req.response_nonce.is_empty() && self.is_same_subscription(req)
-    }
-    fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
-        req.resource_names != shown
-    }
-    fn subscription(&self) -> (Vec<String>, bool) {
-        (
-            self.names().map(str::to_owned).collect(),
-            self.is_wildcard(),
-        )
-    }
-    fn resource_count(resp: &SotwResponse) -> usize {
-        resp.resources.len()
-    }
-}
-
-impl Machine for DeltaStream {
-    type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaResponse;
-    fn on_request(
-        &mut self,
-        req: &DeltaDiscoveryRequest,
-        snap: &SdsSnapshot,
-    ) -> (Ack, Option<DeltaResponse>) {
-        DeltaStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<DeltaResponse> {
-        DeltaStream::on_snapshot(self, snap)
-    }
-    fn node(req: &DeltaDiscoveryRequest) -> Option<&str> {
-        req.node.as_ref().map(|n| n.id.as_str())
-    }
-    fn name_count(req: &DeltaDiscoveryRequest) -> usize {
-        req.resource_names_subscribe.len() + req.initial_resource_versions.len()
-    }
-    fn requested<'a>(&self, req: &'a DeltaDiscoveryRequest) -> (Vec<&'a str>, bool) {
-        DeltaStream::requested(self, req)
-    }
-    fn is_reply(&self, req: &DeltaDiscoveryRequest) -> bool {
-        DeltaStream::is_reply(self, req)
-    }
-    fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
-        !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
-    }
-    fn subscription(&self) -> (Vec<String>, bool) {
-        (
-            self.names().map(str::to_owned).collect(),
-            self.is_wildcard(),
-        )
-    }
-    fn resource_count(resp: &DeltaResponse) -> usize {
-        resp.resources.len() + resp.head.removed_resources.len()
-    }
-    fn claimed(&self, req: &DeltaDiscoveryRequest) -> super::sotw::Answered {
-        DeltaStream::claimed(self, req)
-    }
-}
-
 /// A stream's metric handles, resolved once so the push path takes no registry locks.
 struct StreamMetrics {
     streams: Gauge,
@@ -274,7 +163,7 @@ impl Drop for StreamGuard {
 }
 
 /// One stream: its state machine, its requests and what it needs to answer them.
-struct SdsStream<M: Machine> {
+struct SdsStream<M: Subscription> {
     inner: Arc<Inner>,
     api: &'static str,
     keys: PeerKeys,
@@ -312,7 +201,7 @@ enum Step<R> {
     End,
 }
 
-impl<M: Machine> SdsStream<M> {
+impl<M: Subscription> SdsStream<M> {
     fn new(
         inner: Arc<Inner>,
         api: &'static str,

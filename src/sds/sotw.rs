@@ -11,34 +11,11 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::encode::{EncodedResource, SdsSnapshot, WireResponse};
-use super::{SECRET_TYPE_URL, accepts_type};
+use super::{Ack, Answered, SECRET_TYPE_URL, Subscription, accepts_type};
 use crate::bundle::content_version;
 
 /// A SotW response: this stream's fields and the shared resources.
 pub type SotwResponse = WireResponse<DiscoveryResponse>;
-
-/// The (name, version) pairs a reply answers: what the client now holds (ACK) or refused
-/// (NACK), for the delivery report.
-pub type Answered = Vec<(Arc<str>, Arc<str>)>;
-
-/// What a request meant, for logs, metrics and the client registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ack {
-    None,
-    Ack {
-        version: String,
-        answers: Answered,
-    },
-    /// `code`: the gRPC status code in the client's `error_detail`.
-    Nack {
-        version: String,
-        message: String,
-        code: i32,
-        answers: Answered,
-    },
-    Stale,
-    UnsupportedType(String),
-}
 
 #[derive(Debug, Default)]
 pub struct SotwStream {
@@ -76,52 +53,11 @@ impl SotwStream {
         self.wildcard
     }
 
-    /// Applies a request: ACK/NACK bookkeeping and subscription changes. Returns what the
-    /// request meant and, when the subscription grew onto existing content, a response.
-    pub fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        snap: &SdsSnapshot,
-    ) -> (Ack, Option<SotwResponse>) {
-        if !accepts_type(&req.type_url, self.allow_empty_type) {
-            return (Ack::UnsupportedType(req.type_url.clone()), None);
-        }
-        let ack = match req.response_nonce.as_str() {
-            "" => Ack::None,
-            nonce if self.is_last_nonce(nonce) => match &req.error_detail {
-                Some(status) => Ack::Nack {
-                    version: req.version_info.clone(),
-                    message: status.message.clone(),
-                    code: status.code,
-                    answers: self.answered(),
-                },
-                None => Ack::Ack {
-                    version: req.version_info.clone(),
-                    answers: self.answered(),
-                },
-            },
-            _ => return (Ack::Stale, None),
-        };
-        let first = !self.started;
-        self.started = true;
-        if !first && self.is_same_subscription(req) {
-            return (ack, self.respond(snap));
-        }
-        let (names, wildcard) = self.requested(req);
-        self.named |= !req.resource_names.is_empty();
-        self.wildcard = wildcard;
-        self.names = names;
-        // Names no longer subscribed are forgotten, so a later re-subscription is answered.
-        let (names, wildcard) = (&self.names, self.wildcard);
-        self.sent.retain(|n, _| wildcard || names.contains(&**n));
-        (ack, self.respond(snap))
-    }
-
     /// The subscription a request asks for (names without `*`, and whether it is a
     /// wildcard), by the xDS rules: `*` is the wildcard; a stream whose requests have all
     /// named nothing is a legacy wildcard; once a request named something, the wildcard
     /// holds only while `*` is listed, and an empty list means no resources.
-    pub fn requested(&self, req: &DiscoveryRequest) -> (BTreeSet<String>, bool) {
+    pub fn wanted(&self, req: &DiscoveryRequest) -> (BTreeSet<String>, bool) {
         let names = req
             .resource_names
             .iter()
@@ -131,7 +67,7 @@ impl SotwStream {
         (names, self.wants_wildcard(req))
     }
 
-    /// The wildcard half of [`Self::requested`], without building the name set (what
+    /// The wildcard half of [`Self::wanted`], without building the name set (what
     /// authorization asks on every request).
     pub fn wants_wildcard(&self, req: &DiscoveryRequest) -> bool {
         req.resource_names.iter().any(|n| n == "*")
@@ -151,7 +87,7 @@ impl SotwStream {
         {
             return true;
         }
-        let (names, wildcard) = self.requested(req);
+        let (names, wildcard) = self.wanted(req);
         wildcard == self.wildcard && names == self.names
     }
 
@@ -166,14 +102,6 @@ impl SotwStream {
     /// Whether `nonce` is the one of the last response, compared without allocating.
     fn is_last_nonce(&self, nonce: &str) -> bool {
         self.nonce > 0 && !nonce.starts_with('0') && nonce.parse::<u64>() == Ok(self.nonce)
-    }
-
-    /// A new snapshot: a response if the subscribed content changed.
-    pub fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
-        if !self.started {
-            return None;
-        }
-        self.respond(snap)
     }
 
     fn respond(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
@@ -250,6 +178,97 @@ impl SotwStream {
     }
 }
 
+impl Subscription for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = SotwResponse;
+
+    /// Applies a request: ACK/NACK bookkeeping and subscription changes. Returns what the
+    /// request meant and, when the subscription grew onto existing content, a response.
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &SdsSnapshot,
+    ) -> (Ack, Option<SotwResponse>) {
+        if !accepts_type(&req.type_url, self.allow_empty_type) {
+            return (Ack::UnsupportedType(req.type_url.clone()), None);
+        }
+        let ack = match req.response_nonce.as_str() {
+            "" => Ack::None,
+            nonce if self.is_last_nonce(nonce) => match &req.error_detail {
+                Some(status) => Ack::Nack {
+                    version: req.version_info.clone(),
+                    message: status.message.clone(),
+                    code: status.code,
+                    answers: self.answered(),
+                },
+                None => Ack::Ack {
+                    version: req.version_info.clone(),
+                    answers: self.answered(),
+                },
+            },
+            _ => return (Ack::Stale, None),
+        };
+        let first = !self.started;
+        self.started = true;
+        if !first && self.is_same_subscription(req) {
+            return (ack, self.respond(snap));
+        }
+        let (names, wildcard) = self.wanted(req);
+        self.named |= !req.resource_names.is_empty();
+        self.wildcard = wildcard;
+        self.names = names;
+        // Names no longer subscribed are forgotten, so a later re-subscription is answered.
+        let (names, wildcard) = (&self.names, self.wildcard);
+        self.sent.retain(|n, _| wildcard || names.contains(&**n));
+        (ack, self.respond(snap))
+    }
+
+    /// A new snapshot: a response if the subscribed content changed.
+    fn on_snapshot(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
+        if !self.started {
+            return None;
+        }
+        self.respond(snap)
+    }
+
+    fn node(req: &DiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn name_count(req: &DiscoveryRequest) -> usize {
+        req.resource_names.len()
+    }
+
+    fn requested<'a>(&self, req: &'a DiscoveryRequest) -> (Vec<&'a str>, bool) {
+        let names: Vec<&str> = req
+            .resource_names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*")
+            .collect();
+        (names, self.wants_wildcard(req))
+    }
+
+    fn is_reply(&self, req: &DiscoveryRequest) -> bool {
+        !req.response_nonce.is_empty() && self.is_same_subscription(req)
+    }
+
+    fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
+        req.resource_names != shown
+    }
+
+    fn subscription(&self) -> (Vec<String>, bool) {
+        (
+            self.names().map(str::to_owned).collect(),
+            self.is_wildcard(),
+        )
+    }
+
+    fn resource_count(resp: &SotwResponse) -> usize {
+        resp.resources.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +335,109 @@ mod tests {
         assert!(!s.is_same_subscription(&request(&["b/1"], "1")));
         assert!(!s.is_same_subscription(&request(&["a/1", "b/1"], "1")));
         assert!(!s.is_same_subscription(&request(&["*"], "1")));
+    }
+
+    /// What a step of a protocol case does: a client request (names, nonce, and a NACK's
+    /// message) or a new snapshot (name, version pairs).
+    enum Step {
+        Req(&'static [&'static str], &'static str, Option<&'static str>),
+        Snap(&'static [(&'static str, &'static str)]),
+    }
+
+    /// The protocol cases of DESIGN.md, State of the World: each step, what the request
+    /// meant (`ack`, `nack`, `stale`, `none`; `-` for a snapshot) and the names of the
+    /// response it leads to (`None`: nothing sent).
+    #[test]
+    fn protocol_cases() {
+        use Step::*;
+        type Want = (&'static str, Option<&'static [&'static str]>);
+        let cases: &[(&str, &[(Step, Want)])] = &[
+            (
+                "ACK: no reply",
+                &[
+                    (Req(&["a/1"], "", None), ("none", Some(&["a/1"]))),
+                    (Req(&["a/1"], "1", None), ("ack", None)),
+                ],
+            ),
+            (
+                "NACK: the version is not resent, the next one is",
+                &[
+                    (Req(&["a/1"], "", None), ("none", Some(&["a/1"]))),
+                    (Req(&["a/1"], "1", Some("bad bundle")), ("nack", None)),
+                    (Snap(&[("a/1", "v1"), ("b/1", "v1")]), ("-", None)),
+                    (Snap(&[("a/1", "v2"), ("b/1", "v1")]), ("-", Some(&["a/1"]))),
+                ],
+            ),
+            (
+                "stale nonce: ignored",
+                &[
+                    (Req(&["a/1"], "", None), ("none", Some(&["a/1"]))),
+                    (Snap(&[("a/1", "v2"), ("b/1", "v1")]), ("-", Some(&["a/1"]))),
+                    (Req(&["a/1", "b/1"], "1", None), ("stale", None)),
+                ],
+            ),
+            (
+                "growth: the whole new state",
+                &[
+                    (Req(&["a/1"], "", None), ("none", Some(&["a/1"]))),
+                    (
+                        Req(&["a/1", "b/1"], "1", None),
+                        ("ack", Some(&["a/1", "b/1"])),
+                    ),
+                ],
+            ),
+            (
+                "shrink: nothing sent, the dropped name no longer pushed",
+                &[
+                    (
+                        Req(&["a/1", "b/1"], "", None),
+                        ("none", Some(&["a/1", "b/1"])),
+                    ),
+                    (Req(&["a/1"], "1", None), ("ack", None)),
+                    (Snap(&[("a/1", "v1"), ("b/1", "v2")]), ("-", None)),
+                ],
+            ),
+            (
+                "wildcard: everything, and what appears later",
+                &[
+                    (Req(&[], "", None), ("none", Some(&["a/1", "b/1"]))),
+                    (
+                        Snap(&[("a/1", "v1"), ("b/1", "v1"), ("c/1", "v1")]),
+                        ("-", Some(&["a/1", "b/1", "c/1"])),
+                    ),
+                ],
+            ),
+            (
+                "unknown name: held until it appears",
+                &[
+                    (Req(&["x/1"], "", None), ("none", None)),
+                    (Snap(&[("a/1", "v1"), ("x/1", "v1")]), ("-", Some(&["x/1"]))),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut s = SotwStream::new(true);
+            let mut snap = SdsSnapshot::of(&[("a/1", "v1"), ("b/1", "v1")]);
+            for (i, (step, (want_ack, want_names))) in steps.iter().enumerate() {
+                let (ack, response) = match step {
+                    Req(names, nonce, nack) => {
+                        let mut req = request(names, nonce);
+                        req.error_detail = nack.map(crate::sds::nack_detail);
+                        let (ack, r) = s.on_request(&req, &snap);
+                        (ack.kind(), r)
+                    }
+                    Snap(resources) => {
+                        snap = SdsSnapshot::of(resources);
+                        ("-", s.on_snapshot(&snap))
+                    }
+                };
+                assert_eq!(ack, *want_ack, "{name}, step {i}");
+                assert_eq!(
+                    response.as_ref().map(names),
+                    want_names.map(|n| n.iter().map(|s| s.to_string()).collect()),
+                    "{name}, step {i}"
+                );
+            }
+        }
     }
 }
