@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::{ClientOptions, Protocol, TrustClient, TrustEvent};
+use crate::model::ResourceName;
 use crate::probe::mcp_initialize;
 
 #[derive(clap::Args, Debug)]
@@ -15,9 +16,10 @@ pub struct ProbeArgs {
         env = "TRUST_SDS_SERVER"
     )]
     sds: String,
-    /// The registration whose bundle to trust (`<namespace>/<name>`).
-    #[arg(long, value_name = "NS/NAME")]
-    registration: String,
+    /// The registration whose bundle to trust (`<namespace>/<name>`; or a gateway's base
+    /// bundle, `gateway/<namespace>/<extension>`).
+    #[arg(long, value_name = "NS/NAME", value_parser = clap::value_parser!(ResourceName))]
+    registration: ResourceName,
     /// SDS variant.
     #[arg(long, value_enum, default_value_t = Protocol::Delta)]
     protocol: Protocol,
@@ -51,7 +53,9 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let mut options = ClientOptions::new(args.sds.clone(), vec![args.registration.clone()]);
+    let name = args.registration.to_string();
+    let subscribed = name.clone();
+    let mut options = ClientOptions::new(args.sds.clone(), vec![name.clone()]);
     options.protocol = args.protocol;
     options.system_roots = args.system_roots;
     options.node_id = "trust-sds-probe".to_owned();
@@ -59,13 +63,13 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     client.wait_ready(args.timeout).await?;
     // Subscribed after the first bundle, so --watch reports changes only.
     let mut events = client.events();
-    let trust = client.trust(&args.registration);
+    let trust = client.trust(&name);
     let version = trust
         .as_ref()
         .map(|t| t.version.clone())
         .unwrap_or_default();
-    println!("trust for {}: version {version}", args.registration);
-    let tls = client.client_config(&args.registration);
+    println!("trust for {name}: version {version}");
+    let tls = client.client_config(&name);
     let ok = report(mcp_initialize(&args.url, tls.clone(), args.connect_to).await);
     if !args.watch {
         return Ok(if ok {
@@ -76,7 +80,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     }
     loop {
         match events.recv().await {
-            Ok(TrustEvent::Updated { name, version, at }) if name == args.registration => {
+            Ok(TrustEvent::Updated { name, version, at }) if *name == *subscribed => {
                 let result = mcp_initialize(&args.url, tls.clone(), args.connect_to).await;
                 println!(
                     "trust changed to version {version}; probe {:?} after the push",
@@ -84,7 +88,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 );
                 report(result);
             }
-            Ok(TrustEvent::Removed { name }) if name == args.registration => {
+            Ok(TrustEvent::Removed { name }) if *name == *subscribed => {
                 println!("trust for {name} withdrawn: connections now fail closed");
                 report(mcp_initialize(&args.url, tls.clone(), args.connect_to).await);
             }
