@@ -1007,6 +1007,11 @@ async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
     taker.request(&["team/weather"]).await;
     taker.recv(&["team/weather"]).await;
     taker.ack(&["team/weather"]).await;
+    // (Streams are independent: the ACK is waited for, or it may land after the rest.)
+    eventually("the ACK recorded", || {
+        running.clients.list().iter().any(|c| c.acked.is_some())
+    })
+    .await;
     // ... one refuses it (Delta, NACK with an error_detail) ...
     let mut refuser = DeltaClient::open_with(sds.clone()).await;
     refuser.subscribe(&["team/weather"], "").await;

@@ -9,7 +9,8 @@ use kube::api::ListParams;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
-use super::{ROUTE_API, RegistrationVersion, api, served};
+use super::watched::Watched;
+use super::{RegistrationVersion, api, served};
 use crate::model::SECRET_LABEL;
 use crate::pipeline::SourceEvent;
 use crate::snapshot::SourceHealth;
@@ -19,15 +20,16 @@ use crate::snapshot::SourceHealth;
 pub(super) struct Health {
     pub(super) state: Arc<Mutex<HealthState>>,
     pub(super) tx: mpsc::Sender<SourceEvent>,
-    pub(super) watchers: usize,
+    /// The watchers that must have listed before the source is synced.
+    pub(super) expected: Arc<BTreeSet<Watched>>,
 }
 
 #[derive(Default)]
 pub(super) struct HealthState {
     health: SourceHealth,
-    synced: BTreeSet<&'static str>,
+    synced: BTreeSet<Watched>,
     /// Each failing watcher's last error: the source is stale while any remains.
-    errors: BTreeMap<&'static str, String>,
+    errors: BTreeMap<Watched, String>,
 }
 
 impl Health {
@@ -38,7 +40,7 @@ impl Health {
             f(&mut guard);
             let errors: Vec<&str> = guard.errors.values().map(String::as_str).collect();
             guard.health.error = (!errors.is_empty()).then(|| errors.join("; "));
-            guard.health.synced = guard.synced.len() >= self.watchers;
+            guard.health.synced = guard.synced.is_superset(&self.expected);
             (guard.health != before).then(|| guard.health.clone())
         };
         if let Some(h) = health {
@@ -46,16 +48,16 @@ impl Health {
         }
     }
 
-    pub(super) async fn synced(&self, watcher: &'static str) {
+    pub(super) async fn synced(&self, watcher: Watched) {
         self.update(|s| {
             s.synced.insert(watcher);
-            s.errors.remove(watcher);
+            s.errors.remove(&watcher);
         })
         .await;
     }
 
-    pub(super) async fn failed(&self, watcher: &'static str, e: &watcher::Error) {
-        tracing::warn!(watcher, error = %e, "watch failed; serving the last snapshot and retrying");
+    pub(super) async fn failed(&self, watcher: Watched, e: &watcher::Error) {
+        tracing::warn!(%watcher, error = %e, "watch failed; serving the last snapshot and retrying");
         let message = format!("watch of {watcher} failed ({e}); serving the last snapshot");
         self.update(|s| {
             s.errors.insert(watcher, message);
@@ -63,14 +65,14 @@ impl Health {
         .await;
     }
 
-    pub(super) async fn healthy(&self, watcher: &'static str) {
+    pub(super) async fn healthy(&self, watcher: Watched) {
         self.update(|s| {
-            s.errors.remove(watcher);
+            s.errors.remove(&watcher);
         })
         .await;
     }
 
-    fn failing(&self) -> Vec<&'static str> {
+    fn failing(&self) -> Vec<Watched> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -97,36 +99,22 @@ pub(super) async fn recovery_probe(
         tick.tick().await;
         for watcher in health.failing() {
             let listed = match watcher {
-                "MCPServerRegistration" => {
-                    served(
-                        &client,
-                        ns,
-                        version.api_version(),
-                        "MCPServerRegistration",
-                        "mcpserverregistrations",
-                    )
-                    .await
+                Watched::Registrations | Watched::Extensions | Watched::Routes => {
+                    match watcher.served(version) {
+                        Some(at) => served(&client, ns, at).await,
+                        None => false,
+                    }
                 }
-                "MCPGatewayExtension" => {
-                    served(
-                        &client,
-                        ns,
-                        version.api_version(),
-                        "MCPGatewayExtension",
-                        "mcpgatewayextensions",
-                    )
-                    .await
-                }
-                "HTTPRoute" => served(&client, ns, ROUTE_API, "HTTPRoute", "httproutes").await,
-                "Secret (labelled)" => {
+                Watched::LabelledSecrets => {
                     let selector = format!("{SECRET_LABEL}=true");
                     api::<Secret>(&client, ns)
                         .list_metadata(&one.clone().labels(&selector))
                         .await
                         .is_ok()
                 }
-                "Secret (metadata)" => api::<Secret>(&client, ns).list_metadata(&one).await.is_ok(),
-                _ => false,
+                Watched::SecretMetadata => {
+                    api::<Secret>(&client, ns).list_metadata(&one).await.is_ok()
+                }
             };
             if listed {
                 health.healthy(watcher).await;

@@ -12,9 +12,11 @@
 
 mod health;
 mod secrets;
+mod watched;
 
 use health::{Health, recovery_probe};
 use secrets::secrets;
+use watched::{Served, Watched};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -165,101 +167,65 @@ impl KubeSource {
             namespace = ns.unwrap_or("<all>"),
             "watching the Kubernetes API"
         );
-        let routes_served = served(&self.client, ns, ROUTE_API, "HTTPRoute", "httproutes").await;
-        let extensions_served = served(
-            &self.client,
-            ns,
-            version.api_version(),
-            "MCPGatewayExtension",
-            "mcpgatewayextensions",
-        )
-        .await;
-        if !extensions_served {
-            tracing::warn!(
-                "MCPGatewayExtension ({}) is not served or not readable: gateway-wide bundles are off; apply deploy/crds.yaml to enable them",
-                version.api_version()
-            );
-        }
-        if !routes_served {
-            tracing::info!(
-                "HTTPRoutes (gateway.networking.k8s.io/v1) not served: gateway bundles apply by namespace"
-            );
+        let mut expected: BTreeSet<Watched> = [
+            Watched::Registrations,
+            Watched::LabelledSecrets,
+            Watched::SecretMetadata,
+        ]
+        .into();
+        for optional in [Watched::Extensions, Watched::Routes] {
+            let at = optional.served(version).expect("a dynamic kind");
+            if served(&self.client, ns, at).await {
+                expected.insert(optional);
+            } else if optional == Watched::Extensions {
+                tracing::warn!(
+                    "MCPGatewayExtension ({}) is not served or not readable: gateway-wide bundles are off; apply deploy/crds.yaml to enable them",
+                    version.api_version()
+                );
+            } else {
+                tracing::info!(
+                    "HTTPRoutes (gateway.networking.k8s.io/v1) not served: gateway bundles apply by namespace"
+                );
+            }
         }
         let health = Health {
             state: Default::default(),
             tx: events.clone(),
-            watchers: 2 + usize::from(routes_served) + usize::from(extensions_served),
+            expected: Arc::new(expected.clone()),
         };
-        let config = watcher::Config::default();
-        // Decoded one object at a time from dynamic objects: a malformed object is skipped
-        // and logged instead of failing the whole list.
-        let group_version = version.api_version();
-        let registrations = forward(
-            watcher(
-                dynamic_api(
-                    &self.client,
-                    ns,
-                    group_version,
-                    "MCPServerRegistration",
-                    "mcpserverregistrations",
-                ),
-                config.clone(),
-            ),
-            "MCPServerRegistration",
-            Kind::Registration,
-            move |o| decode_dynamic(o, group_version, "MCPServerRegistration"),
-            StatusTap::for_kind(&self.observed, Kind::Registration),
-            events.clone(),
-            health.clone(),
-        );
-        let extensions = async {
-            if !extensions_served {
-                return futures::future::pending().await;
-            }
-            forward(
-                watcher(
-                    dynamic_api(
-                        &self.client,
-                        ns,
-                        group_version,
-                        "MCPGatewayExtension",
-                        "mcpgatewayextensions",
+        // One watcher per dynamic kind, decoded one object at a time like a manifest: a
+        // malformed object is skipped and logged instead of failing the whole list.
+        let mut watchers: futures::stream::FuturesUnordered<_> = Watched::DYNAMIC
+            .into_iter()
+            .filter(|w| expected.contains(w))
+            .map(|w| {
+                let at = w.served(version).expect("a dynamic kind");
+                let kind = w.object_kind();
+                let tap = match kind {
+                    Kind::Registration | Kind::Extension => {
+                        StatusTap::for_kind(&self.observed, kind)
+                    }
+                    Kind::Route | Kind::Secret => None,
+                };
+                forward(
+                    watcher(
+                        dynamic_api(&self.client, ns, at),
+                        watcher::Config::default(),
                     ),
-                    config.clone(),
-                ),
-                "MCPGatewayExtension",
-                Kind::Extension,
-                move |o| decode_dynamic(o, group_version, "MCPGatewayExtension"),
-                StatusTap::for_kind(&self.observed, Kind::Extension),
-                events.clone(),
-                health.clone(),
-            )
-            .await
-        };
+                    w,
+                    move |o| decode_dynamic(o, at.api_version, at.kind),
+                    tap,
+                    events.clone(),
+                    health.clone(),
+                )
+            })
+            .collect();
         let secrets = secrets(
             self.client.clone(),
             self.namespace.clone(),
             events.clone(),
             health.clone(),
         );
-        let routes = async {
-            if !routes_served {
-                return futures::future::pending().await;
-            }
-            forward(
-                watcher(
-                    dynamic_api(&self.client, ns, ROUTE_API, "HTTPRoute", "httproutes"),
-                    config.clone(),
-                ),
-                "HTTPRoute",
-                Kind::Route,
-                |o| decode_dynamic(o, ROUTE_API, "HTTPRoute"),
-                None,
-                events.clone(),
-                health.clone(),
-            )
-            .await
-        };
         // A resumed watch is silent when nothing changed, so recovery is confirmed by a
         // cheap request rather than by waiting for the next object event.
         let recovery = recovery_probe(
@@ -270,9 +236,7 @@ impl KubeSource {
         );
         tokio::select! {
             _ = recovery => {}
-            _ = routes => {}
-            _ = registrations => {}
-            _ = extensions => {}
+            _ = watchers.next() => {}
             _ = secrets => {}
             _ = events.closed() => {}
         }
@@ -280,25 +244,17 @@ impl KubeSource {
     }
 }
 
-const ROUTE_API: &str = "gateway.networking.k8s.io/v1";
-
 /// Whether a resource can be listed (served, and allowed by RBAC).
-async fn served(
-    client: &Client,
-    namespace: Option<&str>,
-    api_version: &str,
-    kind: &str,
-    plural: &str,
-) -> bool {
-    if !group_version_listed(client, api_version).await {
+async fn served(client: &Client, namespace: Option<&str>, at: Served) -> bool {
+    if !group_version_listed(client, at.api_version).await {
         return false;
     }
-    let api = dynamic_api(client, namespace, api_version, kind, plural);
+    let api = dynamic_api(client, namespace, at);
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(e) if is_not_found(&e) => false,
         Err(e) => {
-            tracing::warn!(kind, error = %e, "cannot list");
+            tracing::warn!(kind = at.kind, error = %e, "cannot list");
             false
         }
     }
@@ -322,13 +278,12 @@ async fn group_version_listed(client: &Client, api_version: &str) -> bool {
     }
 }
 
-fn dynamic_api(
-    client: &Client,
-    namespace: Option<&str>,
-    api_version: &str,
-    kind: &str,
-    plural: &str,
-) -> Api<DynamicObject> {
+fn dynamic_api(client: &Client, namespace: Option<&str>, at: Served) -> Api<DynamicObject> {
+    let Served {
+        api_version,
+        kind,
+        plural,
+    } = at;
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let resource = ApiResource {
         group: group.to_owned(),
@@ -360,8 +315,7 @@ fn decode_dynamic(
 /// also each object's conditions to the status writer.
 async fn forward<S>(
     stream: S,
-    watcher_name: &'static str,
-    kind: Kind,
+    watcher_name: Watched,
     convert: impl Fn(serde_json::Value) -> Result<Object, convert::DecodeError> + Send,
     tap: Option<StatusTap>,
     events: mpsc::Sender<SourceEvent>,
@@ -369,6 +323,7 @@ async fn forward<S>(
 ) where
     S: Stream<Item = Result<Event<DynamicObject>, watcher::Error>> + Send,
 {
+    let kind = watcher_name.object_kind();
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
     let mut buffer = Vec::new();
@@ -376,7 +331,7 @@ async fn forward<S>(
     let decode = |k: &DynamicObject| {
         let decoded = serde_json::to_value(k)
             .map_err(|source| convert::DecodeError::Invalid {
-                kind: watcher_name.to_owned(),
+                kind: watcher_name.to_string(),
                 source,
             })
             .and_then(|value| {
@@ -389,7 +344,7 @@ async fn forward<S>(
             Ok(o) => Some(o),
             Err(e) => {
                 // One bad object never breaks a watch.
-                tracing::warn!(watcher = watcher_name, error = %e, "object skipped");
+                tracing::warn!(watcher = %watcher_name, error = %e, "object skipped");
                 None
             }
         }

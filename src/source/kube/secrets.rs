@@ -14,6 +14,7 @@ use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::mpsc;
 
 use super::health::Health;
+use super::watched::Watched;
 use super::{api, key_of};
 use crate::crd::convert;
 use crate::model::{Kind, Object, ObjectKey, SECRET_LABEL, SecretObject, has_opt_in_label};
@@ -48,9 +49,9 @@ pub(super) async fn secrets(
     let mut state = SecretMerge::default();
     while let Some((is_full, item)) = merged.next().await {
         let name = if is_full {
-            "Secret (labelled)"
+            Watched::LabelledSecrets
         } else {
-            "Secret (metadata)"
+            Watched::SecretMetadata
         };
         let event = match item {
             Ok(e) => e,
@@ -65,8 +66,10 @@ pub(super) async fn secrets(
                 return;
             }
         }
+        // Each watch counts as listed only once both have: a Secret is judged from both.
         if state.full_synced && state.meta_synced {
-            health.synced("Secret").await;
+            health.synced(Watched::LabelledSecrets).await;
+            health.synced(Watched::SecretMetadata).await;
         }
     }
 }
