@@ -95,7 +95,16 @@ pub struct Observed {
 #[derive(Default)]
 struct State {
     seen: BTreeMap<StatusTarget, Vec<Option<Seen>>>,
+    /// The `resourceVersion` each observation came from, when it is a number.
+    revisions: BTreeMap<StatusTarget, u64>,
     dirty: BTreeSet<StatusTarget>,
+}
+
+/// An object's `resourceVersion` as a number. The API server says to treat it as opaque;
+/// here it only lets a watch event that is older than an apply's answer be told apart (the
+/// watch may lag behind the answer), and anything that is not a number is taken as new.
+fn revision(object: &Value) -> Option<u64> {
+    object["metadata"]["resourceVersion"].as_str()?.parse().ok()
 }
 
 impl Observed {
@@ -120,7 +129,20 @@ impl Observed {
     /// Notes `object` (as JSON) as the current state of `target`.
     pub fn object(&self, target: StatusTarget, object: &Value) {
         let seen = self.seen_all(object);
+        let revision = revision(object);
         let mut state = self.lock();
+        // A watch event older than what an apply answered would undo what we know and
+        // cause a needless write of the same condition.
+        let stale = revision
+            .zip(state.revisions.get(&target))
+            .is_some_and(|(new, known)| new < *known);
+        if stale {
+            return;
+        }
+        match revision {
+            Some(r) => state.revisions.insert(target.clone(), r),
+            None => state.revisions.remove(&target),
+        };
         if state.seen.get(&target) != Some(&seen) {
             state.seen.insert(target.clone(), seen);
             state.dirty.insert(target);
@@ -133,7 +155,12 @@ impl Observed {
     /// look again.
     pub fn applied(&self, target: StatusTarget, object: &Value) {
         let seen = self.seen_all(object);
-        self.lock().seen.insert(target, seen);
+        let mut state = self.lock();
+        match revision(object) {
+            Some(r) => state.revisions.insert(target.clone(), r),
+            None => state.revisions.remove(&target),
+        };
+        state.seen.insert(target, seen);
     }
 
     fn seen_all(&self, object: &Value) -> Vec<Option<Seen>> {
@@ -145,12 +172,16 @@ impl Observed {
 
     /// The object is gone.
     pub fn forget(&self, target: &StatusTarget) {
-        self.lock().seen.remove(target);
+        let mut state = self.lock();
+        state.seen.remove(target);
+        state.revisions.remove(target);
     }
 
     /// After a (re-)list of one kind: drops the targets of that kind the list no longer has.
     pub fn retain(&self, keep: impl Fn(&StatusTarget) -> bool) {
-        self.lock().seen.retain(|t, _| keep(t));
+        let mut state = self.lock();
+        state.seen.retain(|t, _| keep(t));
+        state.revisions.retain(|t, _| keep(t));
     }
 
     /// What the object says per slot, if the object has been seen (`Some([None])`: seen,
@@ -250,5 +281,31 @@ mod tests {
         );
         observed.forget(&target);
         assert!(observed.get(&target).is_none());
+    }
+
+    #[test]
+    fn a_watch_event_older_than_an_applied_answer_is_ignored() {
+        let observed = Observed::new("Ready");
+        let target = StatusTarget::Registration(crate::model::ObjectKey::new("team", "a"));
+        let at = |rv: &str, message: &str| {
+            json!({"metadata": {"name": "a", "resourceVersion": rv},
+                   "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid", "message": message}]}})
+        };
+        observed.applied(target.clone(), &at("12", "new"));
+        observed.object(target.clone(), &at("11", "old"));
+        let seen = observed.get(&target).unwrap();
+        assert_eq!(seen[0].as_ref().unwrap().message, "new");
+        assert!(observed.take_dirty().is_empty());
+        observed.object(target.clone(), &at("13", "newer"));
+        assert_eq!(
+            observed.get(&target).unwrap()[0].as_ref().unwrap().message,
+            "newer"
+        );
+        // Not a number: taken as new.
+        observed.object(target.clone(), &at("x", "opaque"));
+        assert_eq!(
+            observed.get(&target).unwrap()[0].as_ref().unwrap().message,
+            "opaque"
+        );
     }
 }
