@@ -8,6 +8,12 @@
 //!
 //! The baseline child is a minimal tonic server on the same envoy-types messages that pushes
 //! the same pre-encoded Secret to the same streams with no logic: the floor of this stack.
+//!
+//! The peer is go-control-plane (`benches/gcp`: its snapshot cache behind its xDS server,
+//! as Istio, Envoy Gateway and most Go control planes serve xDS), built here with `go
+//! build` from pinned modules and given the same bundles (as files), the same number of
+//! registrations and the same rotations. Every case prints the three rows and the ratios
+//! of trust-sds to each.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -374,6 +380,15 @@ async fn run_case(
     registrations: usize,
 ) -> Figures {
     let exe = std::env::current_exe().unwrap();
+    // The Go peer's inputs: the bundles as files (made here, the same sizes as the Rust
+    // children make; the directory lives until the case ends).
+    let peer_dir = tempfile::tempdir().unwrap();
+    if kind == PEER {
+        std::fs::write(peer_dir.path().join("filler.pem"), Ca::root("Filler").pem()).unwrap();
+        for (i, pem) in bundles(bundle_bytes, rotations + 1).iter().enumerate() {
+            std::fs::write(peer_dir.path().join(format!("bundle-{i}.pem")), pem).unwrap();
+        }
+    }
     // FANOUT_SERVER_WRAPPER="perf record -e cpu-clock -g -o perf.data --" (or valgrind ...)
     // runs the server child under a profiler.
     let wrapper: Vec<String> = std::env::var("FANOUT_SERVER_WRAPPER")
@@ -387,14 +402,19 @@ async fn run_case(
         }
         None => std::process::Command::new(exe),
     };
-    let mut child = command
-        .args([
+    if kind == PEER {
+        command = std::process::Command::new(peer_binary());
+        command.arg(peer_dir.path()).arg(registrations.to_string());
+    } else {
+        command.args([
             "--child",
             kind,
             &bundle_bytes.to_string(),
             &rotations.to_string(),
             &registrations.to_string(),
-        ])
+        ]);
+    }
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -459,6 +479,30 @@ async fn run_case(
     }
 }
 
+/// The go-control-plane peer's row name.
+const PEER: &str = "gcp";
+
+/// Builds the go-control-plane peer (`benches/gcp`) once per run; Go's build cache makes
+/// later runs quick.
+fn peer_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = repo.join("target/gcp-sds-bench");
+            let status = std::process::Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(repo.join("benches/gcp"))
+                .status()
+                .expect("go (the go-control-plane peer is built with it)");
+            assert!(status.success(), "go build of benches/gcp failed");
+            out
+        })
+        .clone()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
@@ -497,7 +541,7 @@ fn main() {
         &[(1_000, 10), (10_000, 100)]
     };
     // FANOUT_ONLY="10000,100,2048,trust-sds" runs one case of one server (for profiling);
-    // "both" in the last place runs the case for both servers.
+    // "all" in the last place runs the case for every server.
     let only: Option<Vec<String>> = std::env::var("FANOUT_ONLY")
         .ok()
         .map(|o| o.split(',').map(str::to_owned).collect());
@@ -506,13 +550,13 @@ fn main() {
             o[0] == streams.to_string()
                 && o[1] == connections.to_string()
                 && o[2] == bundle.to_string()
-                && (o[3] == kind || o[3] == "both")
+                && (o[3] == kind || o[3] == "all")
         })
     };
     for &(streams, connections) in cases {
         for bundle in [2 * 1024, 16 * 1024] {
             let mut row = Vec::new();
-            for kind in ["trust-sds", "baseline"] {
+            for kind in ["trust-sds", "baseline", PEER] {
                 if !selected(streams, connections, bundle, kind) {
                     continue;
                 }
@@ -537,18 +581,21 @@ fn main() {
                         "-".into()
                     }
                 );
-                row.push(f);
+                row.push((kind, f));
             }
-            if row.len() < 2 {
+            let Some((_, ours)) = row.iter().find(|(kind, _)| *kind == "trust-sds") else {
                 continue;
+            };
+            for (kind, other) in row.iter().filter(|(kind, _)| *kind != "trust-sds") {
+                println!(
+                    "{:<10} ratio trust-sds/{kind}: median {:.2}x, cpu/update {:.2}x, memory/stream {:.2}x",
+                    "",
+                    ours.median.as_secs_f64() / other.median.as_secs_f64(),
+                    ours.cpu_per_update.as_secs_f64()
+                        / other.cpu_per_update.as_secs_f64().max(1e-9),
+                    ours.rss_per_stream / other.rss_per_stream.max(1e-9)
+                );
             }
-            println!(
-                "{:<10} ratio trust-sds/baseline: median {:.2}x, cpu/update {:.2}x, memory/stream {:.2}x",
-                "",
-                row[0].median.as_secs_f64() / row[1].median.as_secs_f64(),
-                row[0].cpu_per_update.as_secs_f64() / row[1].cpu_per_update.as_secs_f64().max(1e-9),
-                row[0].rss_per_stream / row[1].rss_per_stream.max(1e-9)
-            );
         }
     }
 }

@@ -21,3 +21,15 @@ go vet ./...
 
 echo "==> go test -race (TRUST_SDS_BIN=$TRUST_SDS_BIN)"
 go test -race -count=1 ./...
+
+# The go-control-plane peer of benches/fanout.rs (a module of its own, so the client module
+# does not depend on go-control-plane's server): formatted and vetted here, run by the bench.
+echo "==> benches/gcp: gofmt, go vet"
+cd "$repo/benches/gcp"
+unformatted="$(gofmt -l .)"
+if [ -n "$unformatted" ]; then
+  echo "gofmt: these files need formatting (run gofmt -w):" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+go vet ./...
