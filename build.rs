@@ -1,6 +1,8 @@
 //! Compiles the project's own protos (`proto/`) with protox, a pure-Rust protobuf compiler,
 //! so building needs no system `protoc`. Envoy's protos come from the `envoy-types` crate.
+//! Only the server serves the admin API, so the client alone compiles no protos.
 
+#[cfg(feature = "server")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/trust_sds/admin/v1/admin.proto"];
     for p in protos {
@@ -13,3 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds)?;
     Ok(())
 }
+
+#[cfg(not(feature = "server"))]
+fn main() {}

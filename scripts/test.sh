@@ -48,6 +48,20 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> the client builds alone (--no-default-features --features client)"
+# A broker that embeds trust_sds::client must not compile the server's crates.
+CLIENT=(--no-default-features --features client)
+client_tree=$(cargo tree --locked "${CLIENT[@]}" -e normal --prefix none)
+server_crates=$(awk '{print $1}' <<<"$client_tree" \
+  | grep -xE 'kube|kube-client|k8s-openapi|axum|notify|clap' | sort -u || true)
+if [ -n "$server_crates" ]; then
+  echo "the client feature pulls in server-only crates: $(echo $server_crates)" >&2
+  echo "make them optional and list them under the server feature in Cargo.toml (cargo tree ${CLIENT[*]} -e normal -i <crate> shows the path)" >&2
+  exit 1
+fi
+echo "client dependency tree: $(awk '{print $1, $2}' <<<"$client_tree" | sort -u | wc -l) crates, none of the server's"
+# Lints and type-checks the client alone (a full build would only add code generation).
+cargo clippy --locked "${CLIENT[@]}" --lib -- -D warnings
 echo "==> tests"
 "$NEXTEST" nextest run --locked --no-fail-fast
 echo "==> Go client (go/): gofmt, go vet, go test -race against the release binary"

@@ -5,6 +5,7 @@ mod envoy_config;
 mod probe;
 mod status;
 mod sync;
+mod value_enums;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -19,10 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::store::{Stores, TrustEvent, TrustState};
 use super::verifier::LiveVerifier;
-use crate::sds::SECRET_TYPE_URL;
+use crate::xds::SECRET_TYPE_URL;
 
 /// Which SDS variant to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
     #[default]
     Delta,

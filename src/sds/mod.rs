@@ -16,12 +16,10 @@ pub mod limits;
 pub mod service;
 pub mod sotw;
 
-/// The type URL of `envoy.extensions.transport_sockets.tls.v3.Secret`.
-pub const SECRET_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub use crate::xds::SECRET_TYPE_URL;
 
 /// What to do when a client subscribes to a name that is not (yet) served.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UnknownNamePolicy {
     /// Say nothing until the resource appears, then push it.
     #[default]
