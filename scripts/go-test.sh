@@ -6,15 +6,21 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 export TRUST_SDS_BIN="${TRUST_SDS_BIN:-$repo/target/release/trust-sds}"
-cd "$repo/go"
 
+# gofmt_check: fails, naming the files, when gofmt would change one in this directory.
+gofmt_check() {
+  local unformatted
+  unformatted="$(gofmt -l .)"
+  if [ -n "$unformatted" ]; then
+    echo "gofmt: these files need formatting (run gofmt -w):" >&2
+    echo "$unformatted" >&2
+    exit 1
+  fi
+}
+
+cd "$repo/go"
 echo "==> gofmt"
-unformatted="$(gofmt -l .)"
-if [ -n "$unformatted" ]; then
-  echo "gofmt: these files need formatting (run gofmt -w):" >&2
-  echo "$unformatted" >&2
-  exit 1
-fi
+gofmt_check
 
 echo "==> go vet"
 go vet ./...
@@ -26,10 +32,5 @@ go test -race -count=1 ./...
 # does not depend on go-control-plane's server): formatted and vetted here, run by the bench.
 echo "==> benches/gcp: gofmt, go vet"
 cd "$repo/benches/gcp"
-unformatted="$(gofmt -l .)"
-if [ -n "$unformatted" ]; then
-  echo "gofmt: these files need formatting (run gofmt -w):" >&2
-  echo "$unformatted" >&2
-  exit 1
-fi
+gofmt_check
 go vet ./...

@@ -476,6 +476,21 @@ async fn once(sds: &str, registration: &str, out: &Path, extra: &[&str]) -> std:
         .unwrap()
 }
 
+/// Runs `sync --once`, which must exit with 1 and say `want` on stderr; returns stderr.
+async fn once_fails(
+    sds: &str,
+    registration: &str,
+    out: &Path,
+    extra: &[&str],
+    want: &str,
+) -> String {
+    let run = once(sds, registration, out, extra).await;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn once_writes_the_bundle_and_exits() {
     let a = Ca::root("CA A");
@@ -497,22 +512,13 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
     let out = work.path().join("ca.pem");
 
     // The default server policy holds unknown names: the wait ends at --timeout.
-    let run = once(
-        &server.url(),
+    once_fails(&server.url(),
         "mcp-demo/unknown",
         &out,
-        &["--timeout", "1s"],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+        &["--timeout", "1s"], &format!(
             "error: no trust bundle for mcp-demo/unknown after 1s: trust-sds at {} does not serve it",
             server.url()
-        )),
-        "{stderr}"
-    );
+        )).await;
     assert!(!out.exists());
 
     // A server that answers unknown names with not-found: no need to wait for the timeout.
@@ -525,52 +531,37 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
     )
     .await;
     let started = Instant::now();
-    let run = once(
-        &strict.url(),
+    once_fails(&strict.url(),
         "mcp-demo/unknown",
         &out,
-        &["--timeout", "60s"],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(
-            "error: trust-sds does not serve mcp-demo/unknown (not found, or withdrawn): no file written"
-        ),
-        "{stderr}"
-    );
+        &["--timeout", "60s"], "error: trust-sds does not serve mcp-demo/unknown (not found, or withdrawn): no file written").await;
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(!out.exists());
 
     // There, a bundle an earlier run left for a name no longer served is removed: fail closed.
     std::fs::write(&out, served(&a.pem()).0).unwrap();
-    let run = once(
+    once_fails(
         &strict.url(),
         "mcp-demo/unknown",
         &out,
         &["--timeout", "60s"],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+        &format!(
             "trust for mcp-demo/unknown withdrawn by the server: removed {} (fail closed)",
             out.display()
-        )),
-        "{stderr}"
-    );
+        ),
+    )
+    .await;
     assert!(!out.exists());
 
     // Nothing listening: the error says so.
-    let run = once("http://127.0.0.1:1", NAME, &out, &["--timeout", "1s"]).await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("trust-sds at http://127.0.0.1:1 is unreachable: connect"),
-        "{stderr}"
-    );
+    once_fails(
+        "http://127.0.0.1:1",
+        NAME,
+        &out,
+        &["--timeout", "1s"],
+        "trust-sds at http://127.0.0.1:1 is unreachable: connect",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -598,14 +589,15 @@ async fn refuses_to_replace_what_is_not_a_bundle() {
     // A file that is not a CA bundle (the /etc/passwd mistake): refused, untouched.
     let passwd = work.path().join("passwd");
     std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    let run = once(&server.url(), NAME, &passwd, &[]).await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the file there is not a PEM bundle of CA certificates (no valid PEM certificate blocks found)")
-            && stderr.contains("pass --force to replace it"),
-        "{stderr}"
-    );
+    let stderr = once_fails(
+        &server.url(),
+        NAME,
+        &passwd,
+        &[],
+        "the file there is not a PEM bundle of CA certificates (no valid PEM certificate blocks found)",
+    )
+    .await;
+    assert!(stderr.contains("pass --force to replace it"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(&passwd).unwrap(),
         "root:x:0:0:root:/root:/bin/bash\n"
@@ -614,13 +606,14 @@ async fn refuses_to_replace_what_is_not_a_bundle() {
     // A symbolic link: refused even with --force (renaming would replace the link).
     let link = work.path().join("link.pem");
     std::os::unix::fs::symlink(&passwd, &link).unwrap();
-    let run = once(&server.url(), NAME, &link, &["--force"]).await;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("a symbolic link is already there"),
-        "{stderr}"
-    );
+    once_fails(
+        &server.url(),
+        NAME,
+        &link,
+        &["--force"],
+        "a symbolic link is already there",
+    )
+    .await;
     assert!(link.is_symlink());
 
     // --force replaces the file; an existing bundle (another CA) is replaced without it.
