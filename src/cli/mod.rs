@@ -16,6 +16,22 @@ use crate::sds::UnknownNamePolicy;
 use crate::server::{self, ServeConfig};
 use crate::translate::TranslateConfig;
 
+/// Which server and which bundle: the subscription `probe` and `sync` share.
+#[derive(clap::Args, Debug)]
+pub struct SubscriptionArgs {
+    /// trust-sds gRPC address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:18000",
+        env = "TRUST_SDS_SERVER"
+    )]
+    sds: String,
+    /// The registration whose bundle to use (`<namespace>/<name>`; or a gateway's base
+    /// bundle, `gateway/<namespace>/<extension>`).
+    #[arg(long, value_name = "NS/NAME", value_parser = clap::value_parser!(crate::model::ResourceName))]
+    registration: crate::model::ResourceName,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "trust-sds",

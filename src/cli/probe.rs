@@ -4,22 +4,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::{ClientOptions, Protocol, TrustClient, TrustEvent};
-use crate::model::ResourceName;
 use crate::probe::mcp_initialize;
 
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
-    /// trust-sds gRPC address.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:18000",
-        env = "TRUST_SDS_SERVER"
-    )]
-    sds: String,
-    /// The registration whose bundle to trust (`<namespace>/<name>`; or a gateway's base
-    /// bundle, `gateway/<namespace>/<extension>`).
-    #[arg(long, value_name = "NS/NAME", value_parser = clap::value_parser!(ResourceName))]
-    registration: ResourceName,
+    #[command(flatten)]
+    subscription: super::SubscriptionArgs,
     /// SDS variant.
     #[arg(long, value_enum, default_value_t = Protocol::Delta)]
     protocol: Protocol,
@@ -53,9 +43,9 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let name = args.registration.to_string();
+    let name = args.subscription.registration.to_string();
     let subscribed = name.clone();
-    let mut options = ClientOptions::new(args.sds.clone(), vec![name.clone()]);
+    let mut options = ClientOptions::new(args.subscription.sds.clone(), vec![name.clone()]);
     options.protocol = args.protocol;
     options.system_roots = args.system_roots;
     options.node_id = "trust-sds-probe".to_owned();

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::probe::parse_duration;
 use crate::client::{ClientOptions, Protocol};
-use crate::model::ResourceName;
 use crate::sync::{Hooks, NamedSignal, OutFile, SyncConfig, parse_signal};
 
 #[derive(clap::Args, Debug)]
@@ -24,17 +23,8 @@ Examples:
   trust-sds sync --registration mcp/weather --out /certs/ca.pem --signal HUP --pid-file /run/nginx.pid
   trust-sds sync --registration mcp/weather --out /certs/ca.pem --exec nginx -s reload")]
 pub struct SyncArgs {
-    /// trust-sds gRPC address.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:18000",
-        env = "TRUST_SDS_SERVER"
-    )]
-    sds: String,
-    /// The registration whose bundle to write (`<namespace>/<name>`; or a gateway's base
-    /// bundle, `gateway/<namespace>/<extension>`).
-    #[arg(long, value_name = "NS/NAME", value_parser = clap::value_parser!(ResourceName))]
-    registration: ResourceName,
+    #[command(flatten)]
+    subscription: super::SubscriptionArgs,
     /// The PEM file to keep up to date. Its directory must exist.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -83,8 +73,8 @@ pub async fn run(
     args: SyncArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
-    let registration = args.registration.to_string();
-    let mut client = ClientOptions::new(args.sds, vec![registration.clone()]);
+    let registration = args.subscription.registration.to_string();
+    let mut client = ClientOptions::new(args.subscription.sds, vec![registration.clone()]);
     client.protocol = args.protocol;
     client.node_id = args.node_id;
     let config = SyncConfig {
