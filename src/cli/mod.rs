@@ -7,6 +7,7 @@ mod status;
 mod sync;
 mod value_enums;
 
+use crate::sds::limits::{RateLimit, StreamLimits};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -140,22 +141,22 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     authz: Option<PathBuf>,
     /// Resource names one request may carry; more ends the stream (RESOURCE_EXHAUSTED).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = crate::sds::SdsOptions::DEFAULT_MAX_NAMES_PER_REQUEST)]
     max_names_per_request: usize,
     /// SDS streams one connection may hold open (0: no limit). Envoy opens one stream per
     /// secret name, all on one connection.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = StreamLimits::DEFAULT_PER_CONNECTION)]
     max_streams_per_connection: usize,
     /// SDS streams one client may hold open over all its connections (0: no limit). A client
     /// is its certificate identity (mTLS), else its IP address (or process on the Unix socket).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = StreamLimits::DEFAULT_PER_CLIENT)]
     max_streams_per_client: usize,
     /// Requests per second a stream may send besides its replies (ACK/NACK) to responses
     /// (0: no limit); bursts of twice this are allowed. More ends the stream.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = RateLimit::DEFAULT_PER_SECOND)]
     max_request_rate: u32,
     /// Largest request message accepted, in bytes; a larger one ends its stream.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = crate::sds::SdsOptions::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
     /// With --kube: the type of the condition trust-sds writes. `Ready` (the default, what
     /// the MCP gateway's operator guide expects) unless another controller already owns
@@ -225,14 +226,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         unknown_names: args.unknown_names,
         max_names_per_request: args.max_names_per_request,
         max_request_bytes: args.max_request_bytes,
-        stream_limits: crate::sds::limits::StreamLimits {
+        stream_limits: StreamLimits {
             per_connection: args.max_streams_per_connection,
             per_client: args.max_streams_per_client,
         },
-        request_rate: crate::sds::limits::RateLimit {
-            per_second: args.max_request_rate,
-            burst: args.max_request_rate.saturating_mul(2),
-        },
+        request_rate: RateLimit::per_second(args.max_request_rate),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                 cert,

@@ -37,13 +37,18 @@ pub struct StreamLimits {
     pub per_client: usize,
 }
 
+impl StreamLimits {
+    // Envoy puts every SDS stream of a cluster on one HTTP/2 connection, one stream per
+    // secret name, so a large gateway legitimately holds thousands on one connection.
+    pub const DEFAULT_PER_CONNECTION: usize = 10_000;
+    pub const DEFAULT_PER_CLIENT: usize = 20_000;
+}
+
 impl Default for StreamLimits {
     fn default() -> Self {
-        // Envoy puts every SDS stream of a cluster on one HTTP/2 connection, one stream per
-        // secret name, so a large gateway legitimately holds thousands on one connection.
         Self {
-            per_connection: 10_000,
-            per_client: 20_000,
+            per_connection: Self::DEFAULT_PER_CONNECTION,
+            per_client: Self::DEFAULT_PER_CLIENT,
         }
     }
 }
@@ -162,14 +167,23 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl RateLimit {
+    // Envoy sends one request per subscription change plus one ACK per response; ACKs are
+    // free (see RequestBudget), so only subscription churn counts.
+    pub const DEFAULT_PER_SECOND: u32 = 100;
+
+    /// `per_second`, with bursts of twice as many.
+    pub fn per_second(per_second: u32) -> Self {
+        Self {
+            per_second,
+            burst: per_second.saturating_mul(2),
+        }
+    }
+}
+
 impl Default for RateLimit {
     fn default() -> Self {
-        // Envoy sends one request per subscription change plus one ACK per response; ACKs
-        // are free (see RequestBudget), so only subscription churn counts.
-        Self {
-            per_second: 100,
-            burst: 200,
-        }
+        Self::per_second(Self::DEFAULT_PER_SECOND)
     }
 }
 

@@ -43,11 +43,17 @@ pub struct SdsOptions {
     pub request_rate: limits::RateLimit,
 }
 
+impl SdsOptions {
+    pub const DEFAULT_MAX_NAMES_PER_REQUEST: usize = 5_000;
+    /// The largest request message accepted from a client.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
+}
+
 impl Default for SdsOptions {
     fn default() -> Self {
         Self {
             unknown_names: UnknownNamePolicy::Hold,
-            max_names_per_request: 5_000,
+            max_names_per_request: Self::DEFAULT_MAX_NAMES_PER_REQUEST,
             authz: None,
             streams: limits::StreamLimits::default(),
             request_rate: limits::RateLimit::default(),
