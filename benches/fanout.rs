@@ -545,9 +545,11 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("FANOUT_ONLY")
         .ok()
         .map(|o| o.split(',').map(str::to_owned).collect());
+    let scaling_only = only.as_ref().is_some_and(|o| o[0] == "scaling");
     let selected = |streams: usize, connections: usize, bundle: usize, kind: &str| {
         only.as_ref().is_none_or(|o| {
-            o[0] == streams.to_string()
+            o.len() == 4
+                && o[0] == streams.to_string()
                 && o[1] == connections.to_string()
                 && o[2] == bundle.to_string()
                 && (o[3] == kind || o[3] == "all")
@@ -598,4 +600,41 @@ fn main() {
             }
         }
     }
+    if only.is_none() || scaling_only {
+        registrations_scaling(&rt, rotations);
+    }
+}
+
+/// What else is loaded must not make a rotation dearer: one rotated registration pushed
+/// to 1,000 streams with 1,000 and with 10,000 registrations loaded, alternated over two
+/// rounds (this machine is noisy), and the ratio of the sums.
+fn registrations_scaling(rt: &tokio::runtime::Runtime, rotations: usize) {
+    println!("registrations loaded: trust-sds, 1000 streams, 10 conns, 2K, the same rotation");
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for _round in 0..2 {
+        for (registrations, out) in [(1_000, &mut small), (10_000, &mut large)] {
+            let f = rt.block_on(run_case(
+                "trust-sds",
+                1_000,
+                10,
+                2 * 1024,
+                rotations,
+                registrations,
+            ));
+            println!(
+                "{:<10} {:>7} registrations: median {:>10.2?}, cpu/update {:>10.2?}",
+                "", registrations, f.median, f.cpu_per_update
+            );
+            out.push(f);
+        }
+    }
+    let sum = |fs: &[Figures], pick: fn(&Figures) -> Duration| {
+        fs.iter().map(pick).sum::<Duration>().as_secs_f64()
+    };
+    println!(
+        "{:<10} ratio 10000/1000 registrations: cpu/update {:.2}x, median {:.2}x",
+        "",
+        sum(&large, |f| f.cpu_per_update) / sum(&small, |f| f.cpu_per_update).max(1e-9),
+        sum(&large, |f| f.median) / sum(&small, |f| f.median).max(1e-9),
+    );
 }

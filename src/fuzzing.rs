@@ -5,7 +5,7 @@
 //!
 //! Not part of the supported API.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -106,7 +106,7 @@ const NAMES: [&str; 6] = ["a/1", "a/2", "b/1", "gateway/a/x", "*", "c/none"];
 const SERVABLE: usize = 4;
 
 fn snapshot(script: &mut Script) -> SdsSnapshot {
-    let mut resources: HashMap<Arc<str>, Arc<EncodedResource>> = HashMap::new();
+    let mut resources = crate::sds::encode::EncodedResources::new();
     let present = script.byte();
     for (i, name) in NAMES[..SERVABLE].iter().enumerate() {
         if present & (1 << i) == 0 {

@@ -9,9 +9,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Index;
-use crate::model::{Kind, Object, ObjectKey, ResourceName};
-use crate::snapshot::{Snapshot, SourceHealth, StatusMap, publish_if_changed, same_resources};
-use crate::status::StatusTarget;
+use crate::model::{Kind, Object, ObjectKey};
+use crate::snapshot::{Changes, Snapshot, SourceHealth, StatusMap, publish_if_changed};
 use crate::translate::{TranslateConfig, Translator};
 
 /// What a source tells the pipeline.
@@ -42,10 +41,10 @@ pub struct Published {
 /// Write side, owned by the pipeline task.
 pub struct Pipeline {
     index: Index,
+    /// Owns what is served and reported; publishing shares its persistent maps.
     translator: Translator,
-    /// What was last published, kept to update only what a translation touched.
-    resources: std::collections::BTreeMap<Arc<str>, crate::bundle::TrustBundle>,
-    conditions: StatusMap,
+    /// The newest publication's changes, which the next one is linked after.
+    changes: Arc<Changes>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     statuses: watch::Sender<Arc<StatusMap>>,
     health: watch::Sender<Arc<SourceHealth>>,
@@ -61,14 +60,15 @@ const EXPIRY_RECHECK: Duration = Duration::from_secs(300);
 
 impl Pipeline {
     pub fn new(config: TranslateConfig) -> (Self, Published) {
-        let (snapshot, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let first = Snapshot::default();
+        let changes = first.changes.clone();
+        let (snapshot, snapshot_rx) = watch::channel(Arc::new(first));
         let (statuses, statuses_rx) = watch::channel(Arc::new(StatusMap::new()));
         let (health, health_rx) = watch::channel(Arc::new(SourceHealth::default()));
         let pipeline = Self {
             index: Index::default(),
             translator: Translator::new(config),
-            resources: Default::default(),
-            conditions: StatusMap::new(),
+            changes,
             snapshot,
             statuses,
             health,
@@ -146,21 +146,20 @@ impl Pipeline {
         if dirty.is_empty() {
             return false;
         }
-        let (resources_changed, statuses_changed) =
-            match self.translator.update(&self.index, &dirty, (self.clock)()) {
-                Some(keys) => self.apply_touched(&keys),
-                None => self.rebuild(),
-            };
-        if resources_changed {
+        let diff = self.translator.update(&self.index, &dirty, (self.clock)());
+        if !diff.resources.is_empty() {
+            let changed = diff.resources.len();
+            self.changes = self.changes.append(diff.resources);
             let snapshot = Snapshot {
-                resources: self.resources.clone(),
+                resources: self.translator.resources().clone(),
+                changes: self.changes.clone(),
             };
             self.snapshot.send_replace(Arc::new(snapshot));
-            tracing::debug!(resources = self.resources.len(), "snapshot published");
+            tracing::debug!(changed, "snapshot published");
         }
-        if statuses_changed {
+        if !diff.statuses.is_empty() {
             self.statuses
-                .send_replace(Arc::new(self.conditions.clone()));
+                .send_replace(Arc::new(self.translator.statuses().clone()));
         }
         if let Some(targets) = &self.upstream_targets {
             // O(registrations), and only with verification on; subscribers wake on change.
@@ -174,51 +173,6 @@ impl Pipeline {
             });
         }
         true
-    }
-
-    /// Updates the published maps for the registrations a translation touched.
-    fn apply_touched(&mut self, keys: &[ObjectKey]) -> (bool, bool) {
-        let (mut resources_changed, mut statuses_changed) = (false, false);
-        for key in keys {
-            let name: Arc<str> = Arc::from(ResourceName::Registration(key.clone()).to_string());
-            match self.translator.registration_bundle(key) {
-                Some(b) if self.resources.get(&name).map(|o| o.version()) != Some(b.version()) => {
-                    self.resources.insert(name, b.clone());
-                    resources_changed = true;
-                }
-                Some(_) => {}
-                None => resources_changed |= self.resources.remove(&name).is_some(),
-            }
-            let target = StatusTarget::Registration(key.clone());
-            match self.translator.registration_condition(key) {
-                Some(c) if self.conditions.get(&target).map(|o| &**o) != Some(c) => {
-                    self.conditions.insert(target, Arc::new(c.clone()));
-                    statuses_changed = true;
-                }
-                Some(_) => {}
-                None => statuses_changed |= self.conditions.remove(&target).is_some(),
-            }
-        }
-        (resources_changed, statuses_changed)
-    }
-
-    /// Rebuilds the published maps from every translation result.
-    fn rebuild(&mut self) -> (bool, bool) {
-        let resources: std::collections::BTreeMap<Arc<str>, crate::bundle::TrustBundle> = self
-            .translator
-            .resources()
-            .map(|(name, bundle)| (Arc::from(name), bundle.clone()))
-            .collect();
-        let conditions: StatusMap = self
-            .translator
-            .statuses()
-            .map(|(target, condition)| (target, Arc::new(condition.clone())))
-            .collect();
-        let resources_changed = !same_resources(&self.resources, &resources);
-        self.resources = resources;
-        let statuses_changed = conditions != self.conditions;
-        self.conditions = conditions;
-        (resources_changed, statuses_changed)
     }
 
     /// Runs until every sender of `events` is gone.

@@ -300,7 +300,7 @@ pub async fn start(
         sds_addr,
         admin_addr,
         published,
-        sds_snapshot: encoded,
+        sds_snapshot: encoded.snapshots,
         metrics,
         clients,
         is_leader: watch::channel(true).1,

@@ -5,12 +5,14 @@
 //! Secret event re-validates only what changed. Time is an argument, never read here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::bundle::TrustBundle;
 use crate::index::{Dirty, Index};
 use crate::model::{GatewayExtension, ObjectKey, Registration, ResourceName, SecretKeyRef};
+use crate::snapshot::{Resources, StatusMap};
 use crate::status::{Condition, StatusTarget};
 use crate::validation::{self, Check, Failure, Subject};
 
@@ -29,28 +31,68 @@ impl Default for TranslateConfig {
     }
 }
 
-/// The result for one registration or extension.
+/// The result of translating one registration or extension, before it is committed.
 #[derive(Clone, Debug, Default)]
 struct Outcome {
     served: Option<TrustBundle>,
     condition: Option<Condition>,
-    /// The last bundle that passed validation, with the reference it came from.
-    last_valid: Option<(SecretKeyRef, TrustBundle)>,
+    last_valid: LastValid,
+}
+
+/// The last bundle that passed validation, with the reference it came from (fail static).
+type LastValid = Option<(SecretKeyRef, TrustBundle)>;
+
+/// What is served and reported for one registration or extension.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Registration(&'a ObjectKey),
+    Extension(&'a ObjectKey),
+}
+
+impl Owner<'_> {
+    fn resource(self) -> Arc<str> {
+        let name = match self {
+            Owner::Registration(k) => ResourceName::Registration(k.clone()),
+            Owner::Extension(k) => ResourceName::Gateway(k.clone()),
+        };
+        Arc::from(name.to_string())
+    }
+
+    fn target(self) -> StatusTarget {
+        match self {
+            Owner::Registration(k) => StatusTarget::Registration(k.clone()),
+            Owner::Extension(k) => StatusTarget::Extension(k.clone()),
+        }
+    }
+}
+
+/// What one update changed: the resource names served differently (or no longer), and
+/// the status targets whose condition changed (or went away).
+#[derive(Debug, Default)]
+pub struct Diff {
+    pub resources: Vec<Arc<str>>,
+    pub statuses: Vec<StatusTarget>,
 }
 
 /// What a validation result is judged against.
 struct Judged<'a> {
     reference: &'a SecretKeyRef,
-    previous: Outcome,
+    previous: LastValid,
     generation: Option<i64>,
     now: i64,
 }
 
+/// The single owner of what is served and reported: every update changes the persistent
+/// maps in place and says what it changed, so publishing costs what changed, not what is
+/// loaded.
 #[derive(Debug, Default)]
 pub struct Translator {
     config: TranslateConfig,
-    registrations: BTreeMap<ObjectKey, Outcome>,
-    extensions: BTreeMap<ObjectKey, Outcome>,
+    /// Every translated registration and extension, with its last valid bundle.
+    registrations: BTreeMap<ObjectKey, LastValid>,
+    extensions: BTreeMap<ObjectKey, LastValid>,
+    resources: Resources,
+    conditions: StatusMap,
     parsed: HashMap<(Subject, [u8; 32]), Result<TrustBundle, Check>>,
 }
 
@@ -65,83 +107,109 @@ impl Translator {
         }
     }
 
-    /// Translates what `dirty` names again. Extensions first: they are every bundle's base.
-    /// Returns the registrations translated again, or `None` when everything was.
-    pub fn update(&mut self, index: &Index, dirty: &Dirty, now: i64) -> Option<Vec<ObjectKey>> {
+    /// Translates what `dirty` names again (extensions first: they are every bundle's
+    /// base) and returns what changed.
+    pub fn update(&mut self, index: &Index, dirty: &Dirty, now: i64) -> Diff {
         if self.parsed.len() > PARSE_CACHE_LIMIT {
             self.parsed.clear();
         }
+        let mut diff = Diff::default();
         if dirty.all {
             let mut extensions = BTreeMap::new();
             for ext in index.extensions() {
-                let previous = self.extensions.remove(&ext.key).unwrap_or_default();
-                extensions.insert(
-                    ext.key.clone(),
-                    self.translate_extension(index, ext, previous, now),
-                );
+                let previous = self.extensions.remove(&ext.key).flatten();
+                let outcome = self.translate_extension(index, ext, previous, now);
+                let kept = self.commit(Owner::Extension(&ext.key), outcome, &mut diff);
+                extensions.insert(ext.key.clone(), kept);
             }
-            self.extensions = extensions;
+            for gone in std::mem::replace(&mut self.extensions, extensions).into_keys() {
+                self.commit(Owner::Extension(&gone), Outcome::default(), &mut diff);
+            }
             let mut registrations = BTreeMap::new();
             for reg in index.registrations() {
-                let previous = self.registrations.remove(&reg.key).unwrap_or_default();
-                registrations.insert(
-                    reg.key.clone(),
-                    self.translate_registration(index, reg, previous, now),
-                );
+                let previous = self.registrations.remove(&reg.key).flatten();
+                let outcome = self.translate_registration(index, reg, previous, now);
+                let kept = self.commit(Owner::Registration(&reg.key), outcome, &mut diff);
+                registrations.insert(reg.key.clone(), kept);
             }
-            self.registrations = registrations;
-            return None;
+            for gone in std::mem::replace(&mut self.registrations, registrations).into_keys() {
+                self.commit(Owner::Registration(&gone), Outcome::default(), &mut diff);
+            }
+            return diff;
         }
         for key in &dirty.registrations {
-            let previous = self.registrations.remove(key).unwrap_or_default();
-            if let Some(reg) = index.registration(key) {
-                let outcome = self.translate_registration(index, reg, previous, now);
-                self.registrations.insert(key.clone(), outcome);
+            let previous = self.registrations.remove(key).flatten();
+            let outcome = match index.registration(key) {
+                Some(reg) => self.translate_registration(index, reg, previous, now),
+                None => Outcome::default(),
+            };
+            let kept = self.commit(Owner::Registration(key), outcome, &mut diff);
+            if index.registration(key).is_some() {
+                self.registrations.insert(key.clone(), kept);
             }
         }
-        Some(dirty.registrations.iter().cloned().collect())
+        diff
     }
 
-    /// The bundle served for a registration, if any.
-    pub fn registration_bundle(&self, key: &ObjectKey) -> Option<&TrustBundle> {
-        self.registrations.get(key)?.served.as_ref()
-    }
-
-    /// The condition of a registration, if trust-sds reports one.
-    pub fn registration_condition(&self, key: &ObjectKey) -> Option<&Condition> {
-        self.registrations.get(key)?.condition.as_ref()
+    /// Makes `outcome` what is served and reported for `owner`, noting what changed, and
+    /// returns the last valid bundle to keep.
+    fn commit(&mut self, owner: Owner<'_>, outcome: Outcome, diff: &mut Diff) -> LastValid {
+        let name = owner.resource();
+        match outcome.served {
+            Some(bundle) => {
+                let same = self
+                    .resources
+                    .get(&name)
+                    .is_some_and(|b| b.version() == bundle.version());
+                if !same {
+                    self.resources.insert(name.clone(), bundle);
+                    diff.resources.push(name);
+                }
+            }
+            None => {
+                if self.resources.remove(&name).is_some() {
+                    diff.resources.push(name);
+                }
+            }
+        }
+        let target = owner.target();
+        match outcome.condition {
+            Some(condition) => {
+                if self.conditions.get(&target).map(|c| &**c) != Some(&condition) {
+                    self.conditions.insert(target.clone(), Arc::new(condition));
+                    diff.statuses.push(target);
+                }
+            }
+            None => {
+                if self.conditions.remove(&target).is_some() {
+                    diff.statuses.push(target);
+                }
+            }
+        }
+        outcome.last_valid
     }
 
     /// Every served bundle by resource name.
-    pub fn resources(&self) -> impl Iterator<Item = (String, &TrustBundle)> {
-        let regs = self.registrations.iter().filter_map(|(k, o)| {
-            let name = ResourceName::Registration(k.clone());
-            Some((name.to_string(), o.served.as_ref()?))
-        });
-        let exts = self.extensions.iter().filter_map(|(k, o)| {
-            let name = ResourceName::Gateway(k.clone());
-            Some((name.to_string(), o.served.as_ref()?))
-        });
-        regs.chain(exts)
+    pub fn resources(&self) -> &Resources {
+        &self.resources
     }
 
     /// Every condition trust-sds is responsible for.
-    pub fn statuses(&self) -> impl Iterator<Item = (StatusTarget, &Condition)> {
-        let regs = self.registrations.iter().filter_map(|(k, o)| {
-            Some((StatusTarget::Registration(k.clone()), o.condition.as_ref()?))
-        });
-        let exts = self
-            .extensions
-            .iter()
-            .filter_map(|(k, o)| Some((StatusTarget::Extension(k.clone()), o.condition.as_ref()?)));
-        regs.chain(exts)
+    pub fn statuses(&self) -> &StatusMap {
+        &self.conditions
+    }
+
+    /// The bundle served for a gateway's extension, if any.
+    fn gateway_bundle(&self, key: &ObjectKey) -> Option<TrustBundle> {
+        let name = ResourceName::Gateway(key.clone()).to_string();
+        self.resources.get(name.as_str()).cloned()
     }
 
     fn translate_extension(
         &mut self,
         index: &Index,
         ext: &GatewayExtension,
-        previous: Outcome,
+        previous: LastValid,
         now: i64,
     ) -> Outcome {
         let Some(reference) = &ext.ca_cert_bundle_ref else {
@@ -169,7 +237,7 @@ impl Translator {
         &mut self,
         index: &Index,
         reg: &Registration,
-        previous: Outcome,
+        previous: LastValid,
         now: i64,
     ) -> Outcome {
         if reg.disabled {
@@ -185,7 +253,7 @@ impl Translator {
         }
         let bases: Vec<TrustBundle> = self
             .extensions_for(index, reg)
-            .filter_map(|k| self.extensions.get(k)?.served.clone())
+            .filter_map(|k| self.gateway_bundle(k))
             .collect();
         let Some(reference) = &reg.ca_cert_secret_ref else {
             // Nothing of the registration's own to report; the gateway base alone is served.
@@ -256,9 +324,7 @@ impl Translator {
             }
             Err(failure) => {
                 let mut message = failure.to_string();
-                let retained = previous
-                    .last_valid
-                    .filter(|(r, _)| !failure.withdraws() && r == reference);
+                let retained = previous.filter(|(r, _)| !failure.withdraws() && r == reference);
                 let served = retained.as_ref().map(|(_, own)| compose(own));
                 if let Some(served) = &served {
                     message.push_str(&format!(

@@ -1,7 +1,6 @@
 //! Domain bundles -> Envoy `Secret` resources, encoded once per version and shared by every
 //! stream (only version and nonce differ per response).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +17,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::SECRET_TYPE_URL;
+use super::interest::Interest;
 use crate::bundle::TrustBundle;
 use crate::snapshot::Snapshot;
 
@@ -162,47 +162,69 @@ impl WireResponse<DeltaDiscoveryResponse> {
     }
 }
 
+/// Encoded resources by name: persistent, so a publication shares every unchanged entry
+/// with the one before.
+pub type EncodedResources = imbl::HashMap<Arc<str>, Arc<EncodedResource>>;
+
 /// What every stream reads: the encoded resources and when they were published.
 #[derive(Debug)]
 pub struct SdsSnapshot {
-    pub resources: HashMap<Arc<str>, Arc<EncodedResource>>,
+    pub resources: EncodedResources,
     pub published: Instant,
 }
 
 impl Default for SdsSnapshot {
     fn default() -> Self {
         Self {
-            resources: HashMap::new(),
+            resources: EncodedResources::new(),
             published: Instant::now(),
         }
     }
 }
 
+/// The encoding of one served bundle.
+fn encode(name: &str, bundle: &TrustBundle) -> Arc<EncodedResource> {
+    Arc::new(EncodedResource::new(
+        name,
+        Arc::from(bundle.version()),
+        Any {
+            type_url: SECRET_TYPE_URL.to_owned(),
+            value: to_secret(name, bundle).encode_to_vec(),
+        },
+    ))
+}
+
 impl SdsSnapshot {
-    /// Encodes `snapshot`, reusing entries of `previous` whose version did not change.
-    pub fn encode(snapshot: &Snapshot, previous: &SdsSnapshot) -> Self {
+    /// Encodes every resource of `snapshot`.
+    pub fn encode(snapshot: &Snapshot) -> Self {
         let resources = snapshot
             .resources
             .iter()
-            .map(|(name, bundle)| {
-                let reused = previous
-                    .resources
-                    .get(name)
-                    .filter(|r| &*r.version == bundle.version())
-                    .cloned();
-                let encoded = reused.unwrap_or_else(|| {
-                    Arc::new(EncodedResource::new(
-                        name,
-                        Arc::from(bundle.version()),
-                        Any {
-                            type_url: SECRET_TYPE_URL.to_owned(),
-                            value: to_secret(name, bundle).encode_to_vec(),
-                        },
-                    ))
-                });
-                (name.clone(), encoded)
-            })
+            .map(|(name, bundle)| (name.clone(), encode(name, bundle)))
             .collect();
+        Self {
+            resources,
+            published: Instant::now(),
+        }
+    }
+
+    /// This snapshot with `changed` names brought up to date with `snapshot`: the cost is
+    /// the changed names', not the number of resources served.
+    pub fn update(&self, snapshot: &Snapshot, changed: &[Arc<str>]) -> Self {
+        let mut resources = self.resources.clone();
+        for name in changed {
+            match snapshot.resources.get(name) {
+                Some(bundle) => {
+                    let current = resources.get(name).map(|r| &*r.version);
+                    if current != Some(bundle.version()) {
+                        resources.insert(name.clone(), encode(name, bundle));
+                    }
+                }
+                None => {
+                    resources.remove(name);
+                }
+            }
+        }
         Self {
             resources,
             published: Instant::now(),
@@ -210,24 +232,45 @@ impl SdsSnapshot {
     }
 }
 
-/// Keeps an encoded view of the domain snapshot up to date until the source side closes.
+/// What the SDS streams read: the newest encoded snapshot, and who to wake when it changes.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+    pub interest: Arc<Interest>,
+}
+
+/// Keeps an encoded view of the domain snapshot up to date until the source side closes,
+/// and wakes the streams that want what each publication changed.
 pub fn spawn_encoder(
     mut domain: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<crate::metrics::Metrics>,
-) -> watch::Receiver<Arc<SdsSnapshot>> {
-    let first = SdsSnapshot::encode(&domain.borrow_and_update(), &SdsSnapshot::default());
-    let (tx, rx) = watch::channel(Arc::new(first));
+) -> Feed {
+    let first = domain.borrow_and_update().clone();
+    let (tx, rx) = watch::channel(Arc::new(SdsSnapshot::encode(&first)));
+    let interest = Arc::new(Interest::default());
+    let wake = interest.clone();
     tokio::spawn(async move {
+        let mut seen = first.changes.clone();
+        drop(first);
         while domain.changed().await.is_ok() {
             let snapshot = domain.borrow_and_update().clone();
-            let next = SdsSnapshot::encode(&snapshot, &tx.borrow());
+            // Every name changed since the last snapshot seen, even if some were skipped.
+            let changed = seen.since(&snapshot.changes);
+            seen = snapshot.changes.clone();
+            let next = tx.borrow().update(&snapshot, &changed);
             metrics.snapshots.inc();
             if tx.send(Arc::new(next)).is_err() {
                 break;
             }
+            wake.notify(&changed);
         }
+        drop(tx);
+        wake.close();
     });
-    rx
+    Feed {
+        snapshots: rx,
+        interest,
+    }
 }
 
 #[cfg(test)]

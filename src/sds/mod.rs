@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod delta;
 pub mod encode;
 pub mod grpc;
+pub mod interest;
 pub mod limits;
 pub mod service;
 pub mod sotw;

@@ -15,7 +15,8 @@ use super::SdsOptions;
 use super::clients::{ClientEntry, ClientInfo, ClientRegistry, Rejected};
 use super::connection::PeerKeys;
 use super::delta::{DeltaResponse, DeltaStream};
-use super::encode::SdsSnapshot;
+use super::encode::{Feed, SdsSnapshot};
+use super::interest::Listener;
 use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
 use super::sotw::{SotwResponse, SotwStream};
 use super::{Ack, Subscription};
@@ -30,7 +31,7 @@ pub struct SdsServer {
 }
 
 struct Inner {
-    snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+    feed: Feed,
     options: SdsOptions,
     metrics: Arc<Metrics>,
     clients: Arc<ClientRegistry>,
@@ -40,7 +41,7 @@ struct Inner {
 
 impl SdsServer {
     pub fn new(
-        snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+        feed: Feed,
         options: SdsOptions,
         metrics: Arc<Metrics>,
         clients: Arc<ClientRegistry>,
@@ -48,7 +49,7 @@ impl SdsServer {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                snapshots,
+                feed,
                 streams: Arc::new(StreamCounter::new(options.streams)),
                 options,
                 metrics,
@@ -172,6 +173,10 @@ struct SdsStream<M: Subscription> {
     machine: M,
     requests: Streaming<M::Req>,
     snapshots: watch::Receiver<Arc<SdsSnapshot>>,
+    /// Wakes the stream when a name it wants changes.
+    listener: Listener,
+    /// The names the listener wants (`None` before the first request).
+    wants: Option<(Vec<String>, bool)>,
     shutdown: watch::Receiver<bool>,
     metrics: StreamMetrics,
     budget: RequestBudget,
@@ -226,7 +231,9 @@ impl<M: Subscription> SdsStream<M> {
             admitted: Some(admitted),
         };
         Self {
-            snapshots: inner.snapshots.clone(),
+            snapshots: inner.feed.snapshots.clone(),
+            listener: inner.feed.interest.listen(),
+            wants: None,
             shutdown: inner.shutdown.clone(),
             budget: RequestBudget::new(inner.options.request_rate),
             inner,
@@ -252,7 +259,7 @@ impl<M: Subscription> SdsStream<M> {
                 biased;
                 _ = self.shutdown.wait_for(|stop| *stop) => Event::Stop,
                 request = self.requests.message() => Event::Request(request),
-                changed = self.snapshots.changed() => Event::Changed(changed.is_ok()),
+                () = self.listener.notified() => Event::Changed(self.snapshots.has_changed().is_ok()),
             };
             let step = match event {
                 Event::Stop | Event::Changed(false) => Step::End,
@@ -304,6 +311,26 @@ impl<M: Subscription> SdsStream<M> {
                     return Some(Ok(response));
                 }
             }
+        }
+    }
+
+    /// Keeps the names the stream is woken for equal to its subscription.
+    fn follow(&mut self, request: &M::Req) {
+        if let Some((names, _)) = &self.wants
+            && !M::changes_subscription(request, names)
+        {
+            return;
+        }
+        let wanted = self.machine.subscription();
+        if self.wants.as_ref() == Some(&wanted) {
+            return;
+        }
+        self.listener.want(&wanted.0, wanted.1);
+        self.wants = Some(wanted);
+        // A publication between reading the snapshot for this request and now did not wake
+        // the stream for its new names: look again.
+        if self.snapshots.has_changed().unwrap_or(true) {
+            self.listener.wake();
         }
     }
 
@@ -452,6 +479,7 @@ impl<M: Subscription> SdsStream<M> {
         }
         let snap = self.snapshots.borrow_and_update().clone();
         let (ack, response) = self.machine.on_request(&request, &snap);
+        self.follow(&request);
         self.record(&request, &ack);
         // Answers to requests are not pushes: no latency sample.
         match response {
@@ -509,7 +537,7 @@ impl SdsServer {
                 "FetchSecrets needs resource_names (e.g. \"<namespace>/<registration>\")",
             ));
         }
-        let snap = self.inner.snapshots.borrow().clone();
+        let snap = self.inner.feed.snapshots.borrow().clone();
         let mut stream = SotwStream::new(true);
         match stream.on_request(&req, &snap).1 {
             Some(response) => {

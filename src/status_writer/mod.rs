@@ -269,19 +269,23 @@ pub fn with_rejections(statuses: Arc<StatusMap>, rejections: &Rejections) -> Arc
         return statuses;
     }
     let mut out = (*statuses).clone();
-    for (target, condition) in out.iter_mut() {
-        let Some(rejection) = rejections.get(&target.resource_name().to_string()) else {
-            continue;
-        };
-        if condition.ready
-            && condition
-                .message
-                .contains(&format!("(version {})", rejection.version))
-        {
-            let mut decorated = (**condition).clone();
-            decorated.message = format!("{}; {}", decorated.message, rejection.summary);
-            *condition = Arc::new(decorated);
-        }
+    let decorated: Vec<(StatusTarget, Arc<Condition>)> = statuses
+        .iter()
+        .filter_map(|(target, condition)| {
+            let rejection = rejections.get(&target.resource_name().to_string())?;
+            let names_it = condition.ready
+                && condition
+                    .message
+                    .contains(&format!("(version {})", rejection.version));
+            names_it.then(|| {
+                let mut decorated = (**condition).clone();
+                decorated.message = format!("{}; {}", decorated.message, rejection.summary);
+                (target.clone(), Arc::new(decorated))
+            })
+        })
+        .collect();
+    for (target, condition) in decorated {
+        out.insert(target, condition);
     }
     Arc::new(out)
 }

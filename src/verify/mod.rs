@@ -263,7 +263,14 @@ fn reconcile(
     }
     entries.retain(|k, _| keep.contains(k));
     let before = conditions.len();
-    conditions.retain(|t, _| keep.contains(t.key()));
+    let gone: Vec<StatusTarget> = conditions
+        .keys()
+        .filter(|t| !keep.contains(t.key()))
+        .cloned()
+        .collect();
+    for target in gone {
+        conditions.remove(&target);
+    }
     changed || conditions.len() != before
 }
 
