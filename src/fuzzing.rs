@@ -11,7 +11,6 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
@@ -30,7 +29,13 @@ pub fn pem(data: &[u8]) {
     for subject in [Subject::ServerCa, Subject::GatewayBundle] {
         match validate_data(subject, data) {
             Ok(bundle) => {
-                assert!(!bundle.certificates().is_empty(), "a valid bundle is empty");
+                assert!(bundle.certificate_count() > 0, "a valid bundle is empty");
+                // Layering a bundle on itself, or merging it with itself, adds nothing.
+                let layered = crate::bundle::TrustBundle::layered(&bundle, &bundle);
+                assert_eq!(layered.version(), bundle.version());
+                assert_eq!(layered.pem(), bundle.pem());
+                let merged = crate::bundle::TrustBundle::merge([&bundle, &bundle]);
+                assert_eq!(merged.version(), bundle.version());
                 assert!(
                     !bundle.pem().contains("PRIVATE KEY"),
                     "a served bundle carries a private key"
@@ -113,13 +118,14 @@ fn snapshot(script: &mut Script) -> SdsSnapshot {
             continue;
         }
         let version: Arc<str> = Arc::from(format!("v{}", script.below(3)));
-        let any = Any {
-            type_url: SECRET_TYPE_URL.into(),
-            value: name.as_bytes().to_vec(),
-        };
+        // The value in pieces, as a layered bundle's is: none, small, or past the size up
+        // to which frames are coalesced.
+        let body = (0..script.below(3))
+            .map(|_| bytes::Bytes::from(vec![b'p'; 1 + script.below(4) * 1500]))
+            .collect();
         resources.insert(
             Arc::from(*name),
-            Arc::new(EncodedResource::new(name, version, any)),
+            Arc::new(EncodedResource::new(name, version, name.as_bytes(), body)),
         );
     }
     SdsSnapshot {
@@ -214,7 +220,12 @@ pub fn sotw(data: &[u8]) {
         let sent: Vec<String> = r
             .resources
             .iter()
-            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            // The value is the name, then the body's 'p' pieces.
+            .map(|a| {
+                String::from_utf8_lossy(&a.value)
+                    .trim_end_matches('p')
+                    .to_owned()
+            })
             .collect();
         let unique: BTreeSet<&String> = sent.iter().collect();
         assert_eq!(unique.len(), sent.len(), "a name repeated");

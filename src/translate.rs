@@ -94,7 +94,12 @@ pub struct Translator {
     resources: Resources,
     conditions: StatusMap,
     parsed: HashMap<(Subject, [u8; 32]), Result<TrustBundle, Check>>,
+    /// Merged bases by the versions they merge (a registration under several gateways).
+    merged_bases: HashMap<String, TrustBundle>,
 }
+
+/// Merged bases kept at most; beyond it the cache starts again (it only saves memory).
+const MERGED_BASES_LIMIT: usize = 64;
 
 /// Entries beyond which the parse cache is dropped and rebuilt (it only saves work).
 const PARSE_CACHE_LIMIT: usize = 16_384;
@@ -199,6 +204,28 @@ impl Translator {
         &self.conditions
     }
 
+    /// The one base of several gateway bundles, held once for every registration that
+    /// takes the same ones (a single base is shared as it is).
+    fn shared_base(&mut self, bases: &[TrustBundle]) -> Option<TrustBundle> {
+        match bases {
+            [] => None,
+            [one] => Some(one.clone()),
+            many => {
+                let key: Vec<&str> = many.iter().map(TrustBundle::version).collect();
+                let key = key.join("+");
+                if let Some(merged) = self.merged_bases.get(&key) {
+                    return Some(merged.clone());
+                }
+                if self.merged_bases.len() >= MERGED_BASES_LIMIT {
+                    self.merged_bases.clear();
+                }
+                let merged = TrustBundle::merge(many);
+                self.merged_bases.insert(key, merged.clone());
+                Some(merged)
+            }
+        }
+    }
+
     /// The bundle served for a gateway's extension, if any.
     fn gateway_bundle(&self, key: &ObjectKey) -> Option<TrustBundle> {
         let name = ResourceName::Gateway(key.clone()).to_string();
@@ -226,7 +253,7 @@ impl Translator {
             format!(
                 "CA bundle secret {} is valid: {} certificate(s) served as {} and added to every bundle of this gateway (version {})",
                 reference.name,
-                own.certificates().len(),
+                own.certificate_count(),
                 ResourceName::Gateway(ext.key.clone()),
                 own.version()
             )
@@ -255,22 +282,19 @@ impl Translator {
             .extensions_for(index, reg)
             .filter_map(|k| self.gateway_bundle(k))
             .collect();
+        let base = self.shared_base(&bases);
         let Some(reference) = &reg.ca_cert_secret_ref else {
             // Nothing of the registration's own to report; the gateway base alone is served.
-            let served = (!bases.is_empty()).then(|| TrustBundle::merge(&bases));
             return Outcome {
-                served,
+                served: base,
                 ..Outcome::default()
             };
         };
         let result = self.validate(index, Subject::ServerCa, &reg.key.namespace, reference);
-        // Trust is additive: the gateway bases plus the registration's own CA.
-        let compose = |own: &TrustBundle| {
-            if bases.is_empty() {
-                own.clone()
-            } else {
-                TrustBundle::merge(bases.iter().chain(std::iter::once(own)))
-            }
+        // Trust is additive: the gateway base, then the registration's own CA.
+        let compose = |own: &TrustBundle| match &base {
+            Some(base) => TrustBundle::layered(base, own),
+            None => own.clone(),
         };
         let ctx = Judged {
             reference,
@@ -279,7 +303,9 @@ impl Translator {
             now,
         };
         self.judge(result, ctx, compose, |own, served| {
-            let from_gateway = served.certificates().len().saturating_sub(own.certificates().len());
+            let from_gateway = served
+                .certificate_count()
+                .saturating_sub(own.certificate_count());
             let base_note = if from_gateway > 0 {
                 format!(" with {from_gateway} from the gateway bundle")
             } else {
@@ -288,7 +314,7 @@ impl Translator {
             format!(
                 "CA certificate secret {} is valid: {} certificate(s){base_note} served as {} (version {})",
                 reference.name,
-                own.certificates().len(),
+                own.certificate_count(),
                 reg.key,
                 served.version()
             )

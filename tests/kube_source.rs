@@ -616,7 +616,7 @@ async fn gateway_bundle_follows_http_route_parents() {
             .snapshot
             .borrow()
             .get("apps/weather")
-            .is_some_and(|b| b.certificates().len() == 2)
+            .is_some_and(|b| b.certificate_count() == 2)
     })
     .await;
     assert!(

@@ -63,7 +63,7 @@ fn version(s: &Snapshot, name: &str) -> Option<String> {
 
 fn served_cn(s: &Snapshot, name: &str) -> Option<String> {
     s.get(name)
-        .map(|b| b.certificates()[0].display_name.clone())
+        .map(|b| b.certificates().next().unwrap().display_name.clone())
 }
 
 #[tokio::test]

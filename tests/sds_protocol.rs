@@ -83,7 +83,7 @@ async fn sotw_first_response_ack_silence_push_on_change() {
         .get("team/b")
         .unwrap()
         .pem()
-        .to_owned();
+        .into_owned();
     server
         .send(vec![ca_secret(
             "team",

@@ -76,7 +76,7 @@ impl Server {
 /// What the server serves (and the file must hold) for a CA Secret holding `pem`.
 fn served(pem: &str) -> (String, String) {
     let bundle = validate_data(Subject::ServerCa, pem.as_bytes()).unwrap();
-    (bundle.pem().to_owned(), bundle.version().to_owned())
+    (bundle.pem().into_owned(), bundle.version().to_owned())
 }
 
 /// A running `trust-sds sync`, its log lines collected as they come.

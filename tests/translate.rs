@@ -64,7 +64,10 @@ fn valid_secret_is_served_and_ready() {
     ]);
     let snap = h.snapshot();
     let bundle = snap.get("team/weather").expect("served");
-    assert_eq!(bundle.certificates()[0].display_name, "Upstream Root");
+    assert_eq!(
+        bundle.certificates().next().unwrap().display_name,
+        "Upstream Root"
+    );
     let c = h.condition("team", "weather");
     assert!(c.ready);
     assert_eq!(c.reason, "Valid");
@@ -234,7 +237,6 @@ fn gateway_bundle_is_the_base_of_every_bundle() {
         snap.get(n)
             .unwrap()
             .certificates()
-            .iter()
             .map(|c| c.display_name.clone())
             .collect()
     };
@@ -260,14 +262,15 @@ fn gateway_bundle_is_the_base_of_every_bundle() {
     h.delete(Kind::Secret, "team", "base-ca");
     let snap = h.snapshot();
     assert!(snap.get("gateway/team/mcp").is_none());
-    assert_eq!(snap.get("team/weather").unwrap().certificates().len(), 1);
+    assert_eq!(snap.get("team/weather").unwrap().certificate_count(), 1);
 }
 
-/// A base and a registration's own CA that share a certificate merge into exactly the
-/// canonical bundle of the union: the shared certificate once, the order canonical, so the
-/// bytes and version equal those of one Secret holding the same certificates.
+/// A base and a registration's own CA that share a certificate: the served bundle is the
+/// base's canonical bytes, then the registration's certificates the base lacks (canonical
+/// too), the shared certificate once. Deterministic: another registration with the same
+/// base and the same own certificates (in another order) gets the same bytes and version.
 #[test]
-fn merged_bundles_are_canonical_and_deduplicated() {
+fn layered_bundles_are_canonical_and_deduplicated() {
     let (base, shared, own) = (Ca::root("Base"), Ca::root("Shared"), Ca::root("Own"));
     let mut h = Harness::new();
     h.apply([
@@ -279,24 +282,31 @@ fn merged_bundles_are_canonical_and_deduplicated() {
         ),
         registration("team", "weather", "own-ca"),
         ca_secret("team", "own-ca", &format!("{}{}", own.pem(), shared.pem())),
-        // The same three certificates in one Secret, in another order, with no gateway.
-        registration("elsewhere", "all", "all-ca"),
+        registration("team", "news", "news-ca"),
+        ca_secret("team", "news-ca", &format!("{}{}", shared.pem(), own.pem())),
+        // The layers alone, for comparison.
+        registration("elsewhere", "base", "base-ca"),
         ca_secret(
             "elsewhere",
-            "all-ca",
-            &format!("{}{}{}", shared.pem(), own.pem(), base.pem()),
+            "base-ca",
+            &format!("{}{}", shared.pem(), base.pem()),
         ),
+        registration("elsewhere", "own", "own-ca"),
+        ca_secret("elsewhere", "own-ca", &own.pem()),
     ]);
     let snap = h.snapshot();
-    let merged = snap.get("team/weather").unwrap();
-    let single = snap.get("elsewhere/all").unwrap();
+    let layered = snap.get("team/weather").unwrap();
     assert_eq!(
-        merged.certificates().len(),
+        layered.certificate_count(),
         3,
         "the shared certificate once"
     );
-    assert_eq!(merged.pem(), single.pem());
-    assert_eq!(merged.version(), single.version());
+    let base_layer = snap.get("elsewhere/base").unwrap().pem().into_owned();
+    let own_layer = snap.get("elsewhere/own").unwrap().pem().into_owned();
+    assert_eq!(layered.pem(), format!("{base_layer}{own_layer}"));
+    let news = snap.get("team/news").unwrap();
+    assert_eq!(layered.pem(), news.pem());
+    assert_eq!(layered.version(), news.version());
 }
 
 #[test]
@@ -322,8 +332,7 @@ fn gateway_membership_follows_http_route_parents() {
         h.snapshot()
             .get("apps/weather")
             .unwrap()
-            .certificates()
-            .len(),
+            .certificate_count(),
         2
     );
 }

@@ -189,7 +189,6 @@ fn self_signed_root_and_chain_are_accepted() {
     let bundle = validate_data(Subject::ServerCa, chain.as_bytes()).unwrap();
     let names: Vec<_> = bundle
         .certificates()
-        .iter()
         .map(|c| c.display_name.as_str())
         .collect();
     assert_eq!(names.len(), 2);

@@ -74,7 +74,6 @@ impl Admin for AdminService {
                 version: bundle.version().to_owned(),
                 certificates: bundle
                     .certificates()
-                    .iter()
                     .map(|c| proto::Certificate {
                         subject: c.subject.clone(),
                         display_name: c.display_name.clone(),

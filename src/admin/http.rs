@@ -131,7 +131,7 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 struct BundleView<'a> {
     name: &'a str,
     version: &'a str,
-    certificates: &'a [crate::bundle::CertSummary],
+    certificates: Vec<&'a crate::bundle::CertSummary>,
     /// Who holds, rejected or has not answered the current version.
     delivery: Option<&'a Delivery>,
 }
@@ -145,7 +145,7 @@ async fn bundles(State(s): State<AdminState>) -> impl IntoResponse {
         .map(|(name, b)| BundleView {
             name,
             version: b.version(),
-            certificates: b.certificates(),
+            certificates: b.certificates().collect(),
             delivery: deliveries.get(name),
         })
         .collect();

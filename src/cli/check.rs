@@ -112,7 +112,6 @@ fn check_file(origin: &str, bytes: &[u8], subject: Subject, key: &str) -> Vec<Ch
 fn describe(bundle: &TrustBundle) -> String {
     let certs: Vec<String> = bundle
         .certificates()
-        .iter()
         .map(|c| {
             format!(
                 "\"{}\" (expires {})",
