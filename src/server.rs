@@ -14,11 +14,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Published, SourceEvent};
+use crate::sds::SdsOptions;
 use crate::sds::clients::ClientRegistry;
 use crate::sds::encode::spawn_encoder;
 use crate::sds::grpc::{AdsGrpc, SdsGrpc};
 use crate::sds::service::SdsServer;
-use crate::sds::{SdsOptions, UnknownNamePolicy};
 use crate::source::manifests::ManifestsSource;
 use crate::translate::TranslateConfig;
 
@@ -28,18 +28,11 @@ pub struct ServeConfig {
     pub sds_addr: SocketAddr,
     pub uds_path: Option<PathBuf>,
     pub admin_addr: SocketAddr,
-    pub unknown_names: UnknownNamePolicy,
-    pub max_names_per_request: usize,
+    /// The SDS protocol settings: unknown names, limits, the `--authz` policy.
+    pub sds: SdsOptions,
     /// TLS (mTLS with a client CA) on the TCP listener.
     pub tls: Option<crate::tls::TlsFiles>,
-    pub authz: Option<Arc<crate::sds::authz::Authz>>,
     pub translate: TranslateConfig,
-    /// Largest gRPC message accepted from a client.
-    pub max_request_bytes: usize,
-    /// Open SDS streams per connection and per client.
-    pub stream_limits: crate::sds::limits::StreamLimits,
-    /// Requests per stream that are not replies to responses.
-    pub request_rate: crate::sds::limits::RateLimit,
     /// With the Kubernetes source: the type of the condition written (`--condition-type`).
     pub condition_type: String,
     /// `--verify-upstreams`: TLS handshakes with every registration's upstream, reported
@@ -53,14 +46,9 @@ impl Default for ServeConfig {
             sds_addr: ([127, 0, 0, 1], 0).into(),
             uds_path: None,
             admin_addr: ([127, 0, 0, 1], 0).into(),
-            unknown_names: UnknownNamePolicy::default(),
-            max_names_per_request: SdsOptions::DEFAULT_MAX_NAMES_PER_REQUEST,
+            sds: SdsOptions::default(),
             tls: None,
-            authz: None,
             translate: TranslateConfig::default(),
-            max_request_bytes: SdsOptions::DEFAULT_MAX_REQUEST_BYTES,
-            stream_limits: Default::default(),
-            request_rate: Default::default(),
             condition_type: crate::status_writer::DEFAULT_CONDITION_TYPE.to_owned(),
             verify: None,
         }
@@ -211,24 +199,18 @@ pub async fn start(
     let encoded = spawn_encoder(published.snapshot.clone(), metrics.clone());
     let sds = SdsServer::new(
         encoded.clone(),
-        SdsOptions {
-            unknown_names: config.unknown_names,
-            max_names_per_request: config.max_names_per_request,
-            authz: config.authz.clone(),
-            streams: config.stream_limits,
-            request_rate: config.request_rate,
-        },
+        config.sds.clone(),
         metrics.clone(),
         clients.clone(),
         shutdown_rx.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SdsGrpc>().await;
-    let max = config.max_request_bytes;
+    let max = config.sds.max_request_bytes;
     let router = tonic::transport::Server::builder()
         // A transport backstop above the per-connection stream limit, which is enforced per
         // SDS stream with a clear error; this one also bounds unary calls (health, fetch).
-        .max_concurrent_streams(transport_stream_cap(config.stream_limits.per_connection))
+        .max_concurrent_streams(transport_stream_cap(config.sds.streams.per_connection))
         .add_service(SdsGrpc::new(sds.clone(), max))
         .add_service(AdsGrpc::new(sds.clone(), max))
         .add_service(health_service)
@@ -236,7 +218,7 @@ pub async fn start(
             admin::grpc::AdminService::new(
                 published.clone(),
                 clients.clone(),
-                config.authz.clone(),
+                config.sds.authz.clone(),
             )
             .into_server(),
         );

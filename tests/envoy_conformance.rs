@@ -67,8 +67,11 @@ async fn rotation_through_envoy(config: &str, uds: bool) {
     let dir = tempfile::tempdir().unwrap();
     let uds_path = uds.then(|| dir.path().join("sds.sock"));
     let serve = ServeConfig {
+        sds: trust_sds::sds::SdsOptions {
+            unknown_names: UnknownNamePolicy::Hold,
+            ..Default::default()
+        },
         uds_path: uds_path.clone(),
-        unknown_names: UnknownNamePolicy::Hold,
         ..ServeConfig::default()
     };
     rotation_through_envoy_with(config, serve, uds_path.as_deref(), &[]).await;
@@ -232,14 +235,17 @@ async fn envoy_over_mutual_tls_with_authorization() {
     }
     let policy = "clients:\n- identity: spiffe://cluster.local/ns/mcp-system/sa/mcp-gateway\n  namespaces: [mcp-demo]\n";
     let serve = ServeConfig {
+        sds: trust_sds::sds::SdsOptions {
+            authz: Some(std::sync::Arc::new(
+                trust_sds::sds::authz::Authz::from_yaml(policy).unwrap(),
+            )),
+            ..Default::default()
+        },
         tls: Some(trust_sds::tls::TlsFiles {
             cert: d.join("tls.crt"),
             key: d.join("tls.key"),
             client_ca: Some(d.join("client-ca.crt")),
         }),
-        authz: Some(std::sync::Arc::new(
-            trust_sds::sds::authz::Authz::from_yaml(policy).unwrap(),
-        )),
         ..ServeConfig::default()
     };
     let path = |f: &str| d.join(f).display().to_string();

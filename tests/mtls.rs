@@ -43,12 +43,15 @@ async fn mtls_server(pki: &Pki) -> TestServer {
         "clients:\n- identity: {BROKER}\n  namespaces: ['*']\n- identity: {TEAM_ENVOY}\n  namespaces: [team]\n"
     );
     let config = ServeConfig {
+        sds: trust_sds::sds::SdsOptions {
+            authz: Some(Arc::new(Authz::from_yaml(&policy).unwrap())),
+            ..Default::default()
+        },
         tls: Some(TlsFiles {
             cert: pki.dir.path().join("tls.crt"),
             key: pki.dir.path().join("tls.key"),
             client_ca: Some(pki.dir.path().join("client-ca.crt")),
         }),
-        authz: Some(Arc::new(Authz::from_yaml(&policy).unwrap())),
         ..ServeConfig::default()
     };
     let server = TestServer::start_with(config).await;

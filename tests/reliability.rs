@@ -158,7 +158,10 @@ async fn admin_endpoints_report_health_metrics_and_views() {
 #[tokio::test]
 async fn too_many_names_end_only_that_stream() {
     let server = served(ServeConfig {
-        max_names_per_request: 2,
+        sds: trust_sds::sds::SdsOptions {
+            max_names_per_request: 2,
+            ..Default::default()
+        },
         ..ServeConfig::default()
     })
     .await;
@@ -338,9 +341,12 @@ async fn refused_stream(
 #[tokio::test]
 async fn streams_per_connection_and_per_client_are_limited_without_harming_others() {
     let server = served(ServeConfig {
-        stream_limits: StreamLimits {
-            per_connection: 3,
-            per_client: 5,
+        sds: trust_sds::sds::SdsOptions {
+            streams: StreamLimits {
+                per_connection: 3,
+                per_client: 5,
+            },
+            ..Default::default()
         },
         ..ServeConfig::default()
     })
@@ -402,9 +408,12 @@ async fn streams_per_connection_and_per_client_are_limited_without_harming_other
 #[tokio::test]
 async fn request_flood_ends_only_that_stream_and_replies_to_pushes_are_free() {
     let server = served(ServeConfig {
-        request_rate: RateLimit {
-            per_second: 5,
-            burst: 5,
+        sds: trust_sds::sds::SdsOptions {
+            request_rate: RateLimit {
+                per_second: 5,
+                burst: 5,
+            },
+            ..Default::default()
         },
         ..ServeConfig::default()
     })
@@ -466,9 +475,12 @@ async fn request_flood_ends_only_that_stream_and_replies_to_pushes_are_free() {
 #[tokio::test]
 async fn alternating_subscriptions_draw_from_the_rate_limit() {
     let server = served(ServeConfig {
-        request_rate: RateLimit {
-            per_second: 1,
-            burst: 20,
+        sds: trust_sds::sds::SdsOptions {
+            request_rate: RateLimit {
+                per_second: 1,
+                burst: 20,
+            },
+            ..Default::default()
         },
         ..ServeConfig::default()
     })
@@ -511,7 +523,10 @@ async fn alternating_subscriptions_draw_from_the_rate_limit() {
 #[tokio::test]
 async fn oversized_request_ends_its_stream_with_a_clear_error() {
     let server = served(ServeConfig {
-        max_request_bytes: 4096,
+        sds: trust_sds::sds::SdsOptions {
+            max_request_bytes: 4096,
+            ..Default::default()
+        },
         ..ServeConfig::default()
     })
     .await;
@@ -554,11 +569,14 @@ async fn unix_socket_connections_are_counted_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sds.sock");
     let _server = served(ServeConfig {
-        uds_path: Some(path.clone()),
-        stream_limits: StreamLimits {
-            per_connection: 1,
-            per_client: 0,
+        sds: trust_sds::sds::SdsOptions {
+            streams: StreamLimits {
+                per_connection: 1,
+                per_client: 0,
+            },
+            ..Default::default()
         },
+        uds_path: Some(path.clone()),
         ..ServeConfig::default()
     })
     .await;
@@ -684,15 +702,18 @@ async fn hostile_round(server: &TestServer, round: usize) {
 #[tokio::test]
 async fn hostile_clients_leave_nothing_behind() {
     let server = served(ServeConfig {
-        stream_limits: StreamLimits {
-            per_connection: 2,
-            per_client: 0,
+        sds: trust_sds::sds::SdsOptions {
+            streams: StreamLimits {
+                per_connection: 2,
+                per_client: 0,
+            },
+            request_rate: RateLimit {
+                per_second: 5,
+                burst: 5,
+            },
+            max_request_bytes: 4096,
+            ..Default::default()
         },
-        request_rate: RateLimit {
-            per_second: 5,
-            burst: 5,
-        },
-        max_request_bytes: 4096,
         ..ServeConfig::default()
     })
     .await;

@@ -524,7 +524,10 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
     // A server that answers unknown names with not-found: no need to wait for the timeout.
     let strict = Server::start_with(
         ServeConfig {
-            unknown_names: UnknownNamePolicy::NotFound,
+            sds: trust_sds::sds::SdsOptions {
+                unknown_names: UnknownNamePolicy::NotFound,
+                ..Default::default()
+            },
             ..ServeConfig::default()
         },
         Some(&a.pem()),

@@ -40,8 +40,11 @@ fn fetch_request(node: &str, names: &[&str]) -> DiscoveryRequest {
 async fn tenant_server(path: &Path) -> TestServer {
     let policy = "clients:\n- identity: node:tenant\n  namespaces: [team, gateway]\n";
     let server = TestServer::start_with(ServeConfig {
+        sds: trust_sds::sds::SdsOptions {
+            authz: Some(Arc::new(Authz::from_yaml(policy).unwrap())),
+            ..Default::default()
+        },
         uds_path: Some(path.to_owned()),
-        authz: Some(Arc::new(Authz::from_yaml(policy).unwrap())),
         ..ServeConfig::default()
     })
     .await;

@@ -219,56 +219,82 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Every flag is named here: one added to ServeArgs and not used is a compile error.
+    let ServeArgs {
+        manifests,
+        kube: _, // clap makes --manifests and --kube exclusive, and one of them required
+        namespace,
+        leader_elect,
+        identity,
+        default_namespace,
+        listen,
+        uds,
+        admin_listen,
+        unknown_names,
+        expiry_warning_days,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        authz,
+        max_names_per_request,
+        max_streams_per_connection,
+        max_streams_per_client,
+        max_request_rate,
+        max_request_bytes,
+        condition_type,
+        verify_upstreams,
+        verify_interval,
+        verify_timeout,
+        verify_concurrency,
+    } = args;
     let config = ServeConfig {
-        sds_addr: args.listen,
-        uds_path: args.uds,
-        admin_addr: args.admin_listen,
-        unknown_names: args.unknown_names,
-        max_names_per_request: args.max_names_per_request,
-        max_request_bytes: args.max_request_bytes,
-        stream_limits: StreamLimits {
-            per_connection: args.max_streams_per_connection,
-            per_client: args.max_streams_per_client,
+        sds_addr: listen,
+        uds_path: uds,
+        admin_addr: admin_listen,
+        sds: crate::sds::SdsOptions {
+            unknown_names,
+            max_names_per_request,
+            authz: authz
+                .map(|p| crate::sds::authz::Authz::load(&p).map(std::sync::Arc::new))
+                .transpose()?,
+            streams: StreamLimits {
+                per_connection: max_streams_per_connection,
+                per_client: max_streams_per_client,
+            },
+            request_rate: RateLimit::per_second(max_request_rate),
+            max_request_bytes,
         },
-        request_rate: RateLimit::per_second(args.max_request_rate),
-        tls: match (args.tls_cert, args.tls_key) {
+        tls: match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                 cert,
                 key,
-                client_ca: args.tls_client_ca,
+                client_ca: tls_client_ca,
             }),
             _ => None,
         },
-        authz: args
-            .authz
-            .map(|p| crate::sds::authz::Authz::load(&p).map(std::sync::Arc::new))
-            .transpose()?,
         translate: TranslateConfig {
-            expiry_warning_secs: args.expiry_warning_days * 86_400,
+            expiry_warning_secs: expiry_warning_days * 86_400,
         },
-        condition_type: args.condition_type,
-        verify: args.verify_upstreams.then(|| crate::verify::VerifyConfig {
-            interval: args.verify_interval.max(std::time::Duration::from_secs(1)),
-            timeout: args.verify_timeout,
-            concurrency: args.verify_concurrency.max(1),
+        condition_type,
+        verify: verify_upstreams.then(|| crate::verify::VerifyConfig {
+            interval: verify_interval.max(std::time::Duration::from_secs(1)),
+            timeout: verify_timeout,
+            concurrency: verify_concurrency.max(1),
         }),
     };
-    let running = match args.manifests {
-        Some(dir) => server::start_manifests(config, dir, args.default_namespace).await?,
+    let running = match manifests {
+        Some(dir) => server::start_manifests(config, dir, default_namespace).await?,
         None => {
             let client = kube::Client::try_default().await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot configure a Kubernetes client (in-cluster or kubeconfig): {e}"
                 )
             })?;
-            let identity = args
-                .identity
+            let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("trust-sds-{}", std::process::id()));
-            let lease = args
-                .leader_elect
-                .map(|ns| crate::leader::LeaseConfig::new(ns, identity));
-            server::start_kube(config, client, args.namespace, lease).await?
+            let lease = leader_elect.map(|ns| crate::leader::LeaseConfig::new(ns, identity));
+            server::start_kube(config, client, namespace, lease).await?
         }
     };
     log_statuses(running.published.statuses.clone(), "status");

@@ -42,11 +42,12 @@ pub struct SdsOptions {
     pub streams: limits::StreamLimits,
     /// Requests per stream that are not replies to responses.
     pub request_rate: limits::RateLimit,
+    /// The largest request message accepted from a client (a larger one ends its stream).
+    pub max_request_bytes: usize,
 }
 
 impl SdsOptions {
     pub const DEFAULT_MAX_NAMES_PER_REQUEST: usize = 5_000;
-    /// The largest request message accepted from a client.
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 }
 
@@ -58,6 +59,7 @@ impl Default for SdsOptions {
             authz: None,
             streams: limits::StreamLimits::default(),
             request_rate: limits::RateLimit::default(),
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(policy: UnknownNamePolicy) -> Self {
         Self::start_with(ServeConfig {
-            unknown_names: policy,
+            sds: trust_sds::sds::SdsOptions {
+                unknown_names: policy,
+                ..Default::default()
+            },
             ..ServeConfig::default()
         })
         .await
