@@ -35,6 +35,9 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// An object a watch could not decode (kube's `DeserializeGuard` keeps serde's text).
+    #[error("invalid {kind}: {message}")]
+    Malformed { kind: String, message: String },
 }
 
 fn object_key(

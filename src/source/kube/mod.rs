@@ -12,25 +12,29 @@
 
 mod health;
 mod secrets;
+mod typed;
 mod watched;
 
 use health::{Health, recovery_probe};
 use secrets::secrets;
+use typed::Watchable;
 use watched::{Served, Watched};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
 
 use crate::crd::convert;
-use crate::crd::registration;
-use crate::model::{Kind, Object, ObjectKey};
+use crate::crd::route::HttpRoute;
+use crate::crd::{extension, registration};
+use crate::model::{Kind, ObjectKey};
 use crate::pipeline::SourceEvent;
 use crate::status::StatusTarget;
 use crate::status_writer::observed::Observed;
@@ -193,32 +197,57 @@ impl KubeSource {
             tx: events.clone(),
             expected: Arc::new(expected.clone()),
         };
-        // One watcher per dynamic kind, decoded one object at a time like a manifest: a
-        // malformed object is skipped and logged instead of failing the whole list.
+        // One watcher per kind, typed behind a guard: a malformed object is skipped and
+        // logged instead of failing the whole list.
+        let tap = |kind| StatusTap::for_kind(&self.observed, kind);
+        let forwarding = |w: Watched| {
+            let (client, events, health) = (&self.client, events.clone(), health.clone());
+            match (w, version) {
+                (Watched::Registrations, RegistrationVersion::V1) => forward(
+                    watch_kind::<registration::v1::MCPServerRegistration>(client, ns),
+                    w,
+                    tap(Kind::Registration),
+                    events,
+                    health,
+                )
+                .boxed(),
+                (Watched::Registrations, RegistrationVersion::V1alpha1) => forward(
+                    watch_kind::<registration::v1alpha1::MCPServerRegistration>(client, ns),
+                    w,
+                    tap(Kind::Registration),
+                    events,
+                    health,
+                )
+                .boxed(),
+                (Watched::Extensions, RegistrationVersion::V1) => forward(
+                    watch_kind::<extension::v1::MCPGatewayExtension>(client, ns),
+                    w,
+                    tap(Kind::Extension),
+                    events,
+                    health,
+                )
+                .boxed(),
+                (Watched::Extensions, RegistrationVersion::V1alpha1) => forward(
+                    watch_kind::<extension::v1alpha1::MCPGatewayExtension>(client, ns),
+                    w,
+                    tap(Kind::Extension),
+                    events,
+                    health,
+                )
+                .boxed(),
+                (Watched::Routes, _) => {
+                    forward(watch_kind::<HttpRoute>(client, ns), w, None, events, health).boxed()
+                }
+                // The Secret watches are merged by `secrets` below.
+                (Watched::LabelledSecrets | Watched::SecretMetadata, _) => {
+                    futures::future::ready(()).boxed()
+                }
+            }
+        };
         let mut watchers: futures::stream::FuturesUnordered<_> = Watched::DYNAMIC
             .into_iter()
             .filter(|w| expected.contains(w))
-            .map(|w| {
-                let at = w.served(version).expect("a dynamic kind");
-                let kind = w.object_kind();
-                let tap = match kind {
-                    Kind::Registration | Kind::Extension => {
-                        StatusTap::for_kind(&self.observed, kind)
-                    }
-                    Kind::Route | Kind::Secret => None,
-                };
-                forward(
-                    watcher(
-                        dynamic_api(&self.client, ns, at),
-                        watcher::Config::default(),
-                    ),
-                    w,
-                    move |o| decode_dynamic(o, at.api_version, at.kind),
-                    tap,
-                    events.clone(),
-                    health.clone(),
-                )
-            })
+            .map(forwarding)
             .collect();
         let secrets = secrets(
             self.client.clone(),
@@ -298,53 +327,54 @@ fn dynamic_api(client: &Client, namespace: Option<&str>, at: Served) -> Api<Dyna
     }
 }
 
-/// A watched object as the manifests parser would see it (same conversion, same errors).
-fn decode_dynamic(
-    mut value: serde_json::Value,
-    api_version: &str,
-    kind: &str,
-) -> Result<Object, convert::DecodeError> {
-    value["apiVersion"] = serde_json::Value::from(api_version);
-    value["kind"] = serde_json::Value::from(kind);
-    convert::decode_document(value, "default")?.ok_or_else(|| convert::DecodeError::MissingName {
-        kind: kind.to_owned(),
-    })
+/// Watches one kind, typed, in the namespace or cluster-wide.
+fn watch_kind<K: Watchable>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<Event<DeserializeGuard<K>>, watcher::Error>> + Send + use<K> {
+    let api: Api<DeserializeGuard<K>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    watcher(api, watcher::Config::default())
 }
 
 /// Forwards one watcher's events, buffering a (re-)list into one `Reset`; with a `tap`,
 /// also each object's conditions to the status writer.
-async fn forward<S>(
+async fn forward<K, S>(
     stream: S,
     watcher_name: Watched,
-    convert: impl Fn(serde_json::Value) -> Result<Object, convert::DecodeError> + Send,
     tap: Option<StatusTap>,
     events: mpsc::Sender<SourceEvent>,
     health: Health,
 ) where
-    S: Stream<Item = Result<Event<DynamicObject>, watcher::Error>> + Send,
+    K: Watchable,
+    S: Stream<Item = Result<Event<DeserializeGuard<K>>, watcher::Error>> + Send,
 {
     let kind = watcher_name.object_kind();
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
     let mut buffer = Vec::new();
     let mut listed = BTreeSet::new();
-    let decode = |k: &DynamicObject| {
-        let decoded = serde_json::to_value(k)
-            .map_err(|source| convert::DecodeError::Invalid {
-                kind: watcher_name.to_string(),
-                source,
-            })
-            .and_then(|value| {
+    let decode = |guarded: &DeserializeGuard<K>| {
+        let decoded = match &guarded.0 {
+            Ok(k) => {
                 if let Some(tap) = &tap {
-                    tap.object(&k.metadata, &value);
+                    tap.object(k.meta(), &k.observed());
                 }
-                convert(value)
-            });
+                k.to_object()
+            }
+            Err(invalid) => Err(convert::DecodeError::Malformed {
+                kind: watcher_name.to_string(),
+                message: invalid.error.clone(),
+            }),
+        };
         match decoded {
             Ok(o) => Some(o),
             Err(e) => {
                 // One bad object never breaks a watch.
-                tracing::warn!(watcher = %watcher_name, error = %e, "object skipped");
+                let object = key_of(guarded.meta());
+                tracing::warn!(watcher = %watcher_name, %object, error = %e, "object skipped");
                 None
             }
         }
@@ -364,7 +394,7 @@ async fn forward<S>(
                 None
             }
             Event::InitApply(k) => {
-                listed.insert(key_of(&k.metadata));
+                listed.insert(key_of(k.meta()));
                 buffer.extend(decode(&k));
                 None
             }
@@ -382,7 +412,7 @@ async fn forward<S>(
             Event::Apply(k) => decode(&k).map(SourceEvent::Apply),
             Event::Delete(k) => {
                 if let Some(tap) = &tap {
-                    tap.deleted(&k.metadata);
+                    tap.deleted(k.meta());
                 }
                 Some(SourceEvent::Delete(kind, key_of(k.meta())))
             }

@@ -1,6 +1,7 @@
 //! What the Kubernetes source watches, one watcher each: the id that health, recovery and
-//! logs use, and, for the kinds read as dynamic objects, where they are served. An enum, so
-//! a watcher the recovery probe does not know is a compile error, not a silent `false`.
+//! logs use, and, for the custom and Gateway API kinds, where they are served (for the
+//! discovery and recovery requests, which list them as dynamic objects). An enum, so a
+//! watcher the recovery probe does not know is a compile error, not a silent `false`.
 
 use std::fmt;
 
@@ -29,7 +30,7 @@ pub(super) struct Served {
 }
 
 impl Watched {
-    /// The kinds read as dynamic objects and decoded like manifests.
+    /// The kinds whose serving is discovered (the Secret watches are always there).
     pub const DYNAMIC: [Watched; 3] =
         [Watched::Registrations, Watched::Extensions, Watched::Routes];
 
