@@ -342,24 +342,11 @@ async fn open_streams(
 static SLOT: AtomicUsize = AtomicUsize::new(0);
 
 fn proc_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_micros(ticks * 1_000_000 / 100)
+    support::procfs::cpu(&pid.to_string())
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
+    support::procfs::status_kib(&pid.to_string(), "VmRSS:")
 }
 
 struct Figures {

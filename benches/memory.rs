@@ -71,24 +71,11 @@ fn write_manifests(dir: &Path, registrations: usize, base: &[String]) {
 }
 
 fn proc_self(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
+    support::procfs::status_kib("self", field)
 }
 
 fn cpu_self() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_micros(ticks * 1_000_000 / 100)
+    support::procfs::cpu("self")
 }
 
 /// The server: loads the directory, reports, rotates the base, reports.

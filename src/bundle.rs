@@ -220,18 +220,7 @@ mod tests {
 
     /// The canonical bundle of freshly made CA certificates named `names`.
     fn bundle_of(names: &[&str]) -> TrustBundle {
-        let pem: String = names
-            .iter()
-            .map(|cn| {
-                let key = rcgen::KeyPair::generate().unwrap();
-                let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, *cn);
-                params.self_signed(&key).unwrap().pem()
-            })
-            .collect();
+        let pem: String = names.iter().map(|cn| cert::test_ca_pem(cn)).collect();
         TrustBundle::from_certificates(&cert::parse_ca_bundle(pem.as_bytes()).unwrap())
     }
 

@@ -216,3 +216,15 @@ fn ip_text(octets: &[u8]) -> Option<String> {
         _ => None,
     }
 }
+
+/// A fresh self-signed CA certificate named `cn`, as PEM (unit tests).
+#[cfg(test)]
+pub(crate) fn test_ca_pem(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.self_signed(&key).unwrap().pem()
+}

@@ -384,10 +384,7 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::Resource;
 
     fn bundle() -> TrustBundle {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let pem = params.self_signed(&key).unwrap().pem();
+        let pem = crate::cert::test_ca_pem("Test CA");
         TrustBundle::from_certificates(&crate::cert::parse_ca_bundle(pem.as_bytes()).unwrap())
     }
 

@@ -234,10 +234,7 @@ mod tests {
     use super::*;
 
     fn ca_pem() -> String {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.self_signed(&key).unwrap().pem()
+        crate::cert::test_ca_pem("Test CA")
     }
 
     fn out(dir: &tempfile::TempDir, force: bool) -> OutFile {

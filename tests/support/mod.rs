@@ -7,6 +7,7 @@ pub mod fake_apiserver;
 pub mod manifests;
 pub mod objects;
 pub mod pki;
+pub mod procfs;
 pub mod replicas;
 pub mod sds;
 pub mod serve_process;

@@ -199,45 +199,22 @@ impl KubeSource {
         };
         // One watcher per kind, typed behind a guard: a malformed object is skipped and
         // logged instead of failing the whole list.
-        let tap = |kind| StatusTap::for_kind(&self.observed, kind);
         let forwarding = |w: Watched| {
-            let (client, events, health) = (&self.client, events.clone(), health.clone());
+            let (events, health) = (events.clone(), health.clone());
             match (w, version) {
-                (Watched::Registrations, RegistrationVersion::V1) => forward(
-                    watch_kind::<registration::v1::MCPServerRegistration>(client, ns),
-                    w,
-                    tap(Kind::Registration),
-                    events,
-                    health,
-                )
-                .boxed(),
-                (Watched::Registrations, RegistrationVersion::V1alpha1) => forward(
-                    watch_kind::<registration::v1alpha1::MCPServerRegistration>(client, ns),
-                    w,
-                    tap(Kind::Registration),
-                    events,
-                    health,
-                )
-                .boxed(),
-                (Watched::Extensions, RegistrationVersion::V1) => forward(
-                    watch_kind::<extension::v1::MCPGatewayExtension>(client, ns),
-                    w,
-                    tap(Kind::Extension),
-                    events,
-                    health,
-                )
-                .boxed(),
-                (Watched::Extensions, RegistrationVersion::V1alpha1) => forward(
-                    watch_kind::<extension::v1alpha1::MCPGatewayExtension>(client, ns),
-                    w,
-                    tap(Kind::Extension),
-                    events,
-                    health,
-                )
-                .boxed(),
-                (Watched::Routes, _) => {
-                    forward(watch_kind::<HttpRoute>(client, ns), w, None, events, health).boxed()
+                (Watched::Registrations, RegistrationVersion::V1) => {
+                    self.forward::<registration::v1::MCPServerRegistration>(w, events, health)
                 }
+                (Watched::Registrations, RegistrationVersion::V1alpha1) => {
+                    self.forward::<registration::v1alpha1::MCPServerRegistration>(w, events, health)
+                }
+                (Watched::Extensions, RegistrationVersion::V1) => {
+                    self.forward::<extension::v1::MCPGatewayExtension>(w, events, health)
+                }
+                (Watched::Extensions, RegistrationVersion::V1alpha1) => {
+                    self.forward::<extension::v1alpha1::MCPGatewayExtension>(w, events, health)
+                }
+                (Watched::Routes, _) => self.forward::<HttpRoute>(w, events, health),
                 // The Secret watches are merged by `secrets` below.
                 (Watched::LabelledSecrets | Watched::SecretMetadata, _) => {
                     futures::future::ready(()).boxed()
@@ -270,6 +247,21 @@ impl KubeSource {
             _ = events.closed() => {}
         }
         Ok(())
+    }
+}
+
+impl KubeSource {
+    /// Watches one kind, typed, and forwards its events (with its conditions to the status
+    /// writer, for the kinds it writes).
+    fn forward<K: Watchable>(
+        &self,
+        w: Watched,
+        events: mpsc::Sender<SourceEvent>,
+        health: Health,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        let stream = watch_kind::<K>(&self.client, self.namespace.as_deref());
+        let tap = StatusTap::for_kind(&self.observed, w.object_kind());
+        forward(stream, w, tap, events, health).boxed()
     }
 }
 
