@@ -5,7 +5,6 @@
 //! response: ACKs get no reply, byte-identical content is never pushed, a NACKed version is
 //! never resent. Requests with a stale nonce are ignored, as the xDS protocol prescribes.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -17,12 +16,15 @@ use crate::bundle::content_version;
 /// A SotW response: this stream's fields and the shared resources.
 pub type SotwResponse = WireResponse<DiscoveryResponse>;
 
+/// Sorted vectors rather than B-trees: most streams hold one name (Envoy opens a stream per
+/// secret), and a B-tree's first node costs a few hundred bytes for it, on every idle stream.
 #[derive(Debug, Default)]
 pub struct SotwStream {
-    names: BTreeSet<String>,
+    /// Sorted, each once.
+    names: Vec<String>,
     wildcard: bool,
-    /// name -> version in the last response.
-    sent: BTreeMap<Arc<str>, Arc<str>>,
+    /// (name, version) in the last response, sorted by name.
+    sent: Vec<(Arc<str>, Arc<str>)>,
     /// The nonce of the last response (`0`: none sent yet).
     nonce: u64,
     started: bool,
@@ -57,14 +59,31 @@ impl SotwStream {
     /// wildcard), by the xDS rules: `*` is the wildcard; a stream whose requests have all
     /// named nothing is a legacy wildcard; once a request named something, the wildcard
     /// holds only while `*` is listed, and an empty list means no resources.
-    pub fn wanted(&self, req: &DiscoveryRequest) -> (BTreeSet<String>, bool) {
-        let names = req
+    pub fn wanted(&self, req: &DiscoveryRequest) -> (Vec<String>, bool) {
+        let mut names: Vec<String> = req
             .resource_names
             .iter()
             .filter(|n| *n != "*")
             .cloned()
             .collect();
+        names.sort_unstable();
+        names.dedup();
         (names, self.wants_wildcard(req))
+    }
+
+    fn subscribes(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
+    /// The version of `name` in the last response.
+    fn sent_version(&self, name: &str) -> Option<&Arc<str>> {
+        let i = self
+            .sent
+            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
+            .ok()?;
+        Some(&self.sent[i].1)
     }
 
     /// The wildcard half of [`Self::wanted`], without building the name set (what
@@ -83,7 +102,7 @@ impl SotwStream {
         // secret) repeating its subscription: decided without building a set.
         if !self.wildcard
             && self.names.len() == 1
-            && matches!(req.resource_names.as_slice(), [n] if self.names.contains(n))
+            && matches!(req.resource_names.as_slice(), [n] if self.subscribes(n))
         {
             return true;
         }
@@ -93,10 +112,7 @@ impl SotwStream {
 
     /// What a reply to the last response answers: every resource it carried.
     fn answered(&self) -> Answered {
-        self.sent
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect()
+        self.sent.clone()
     }
 
     /// Whether `nonce` is the one of the last response, compared without allocating.
@@ -120,29 +136,22 @@ impl SotwStream {
         let unchanged = view.len() == self.sent.len()
             && view
                 .iter()
-                .all(|(n, r)| self.sent.get(*n).is_some_and(|v| *v == r.version));
+                .zip(&self.sent)
+                .all(|((n, r), (m, v))| n == &m && r.version == *v);
         if unchanged {
             return None;
         }
         let changed = view
             .iter()
-            .any(|(n, r)| self.sent.get(*n).is_none_or(|v| *v != r.version));
-        // Withdrawn names cannot be expressed in SotW for Secrets; forget them (so their
-        // return is pushed) without a response of their own.
-        self.sent.retain(|n, _| {
-            view.binary_search_by(|(v, _)| v.as_ref().cmp(n.as_ref()))
-                .is_ok()
-        });
+            .any(|(n, r)| self.sent_version(n).is_none_or(|v| *v != r.version));
+        // What is sent (or, for names withdrawn, forgotten so that their return is pushed:
+        // SotW cannot express a withdrawn Secret, so that alone gets no response).
+        self.sent = view
+            .iter()
+            .map(|(n, r)| ((*n).clone(), r.version.clone()))
+            .collect();
         if !changed {
             return None;
-        }
-        for (n, r) in &view {
-            match self.sent.get_mut(*n) {
-                Some(v) => v.clone_from(&r.version),
-                None => {
-                    self.sent.insert((*n).clone(), r.version.clone());
-                }
-            }
         }
         self.nonce += 1;
         Some(WireResponse {
@@ -159,13 +168,8 @@ impl SotwStream {
     /// The response version: the resource's own content hash for a single resource, else a
     /// hash of every (name, version) pair. Content-derived, so stable across restarts.
     fn version_info(&self) -> String {
-        if self.sent.len() == 1 {
-            return self
-                .sent
-                .values()
-                .next()
-                .map(|v| v.to_string())
-                .unwrap_or_default();
+        if let [(_, version)] = self.sent.as_slice() {
+            return version.to_string();
         }
         let mut joined = String::new();
         for (n, v) in &self.sent {
@@ -218,8 +222,11 @@ impl Subscription for SotwStream {
         self.wildcard = wildcard;
         self.names = names;
         // Names no longer subscribed are forgotten, so a later re-subscription is answered.
-        let (names, wildcard) = (&self.names, self.wildcard);
-        self.sent.retain(|n, _| wildcard || names.contains(&**n));
+        if !self.wildcard {
+            let names = &self.names;
+            self.sent
+                .retain(|(n, _)| names.binary_search_by(|m| m.as_str().cmp(n)).is_ok());
+        }
         (ack, self.respond(snap))
     }
 
