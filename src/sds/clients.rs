@@ -1,7 +1,7 @@
 //! Who is connected: one entry per open stream, for the admin view and for logs. Updated on
 //! requests (never on pushes), so it costs nothing on the fan-out path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +26,56 @@ pub struct ClientInfo {
     /// Per resource name: what this stream holds and what it rejected (the delivery
     /// report; summed per resource in `/bundles` and `/statuses`).
     #[serde(skip)]
-    pub delivery: HashMap<Arc<str>, Delivered>,
+    pub delivery: Deliveries,
+}
+
+/// A stream's [`Delivered`] per resource name, in a vector sorted by name: most streams
+/// hold one name, and a hash map's first allocation would reserve room for several on
+/// every idle stream.
+#[derive(Clone, Debug, Default)]
+pub struct Deliveries(Vec<(Arc<str>, Delivered)>);
+
+impl Deliveries {
+    pub fn get(&self, name: &str) -> Option<&Delivered> {
+        let i = self.0.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Applies `f` to the entry of each named resource (added empty where there is none),
+    /// in one pass: new names are appended and the vector sorted once, so a reply that
+    /// answers thousands of names in any order costs O(n log n), not O(n^2).
+    pub fn update<T>(
+        &mut self,
+        items: impl IntoIterator<Item = (Arc<str>, T)>,
+        mut f: impl FnMut(&Arc<str>, &mut Delivered, T),
+    ) {
+        let sorted = self.0.len();
+        for (name, item) in items {
+            match self.0[..sorted].binary_search_by(|(n, _)| n.cmp(&name)) {
+                Ok(i) => f(&name, &mut self.0[i].1, item),
+                Err(_) => {
+                    let mut delivered = Delivered::default();
+                    f(&name, &mut delivered, item);
+                    self.0.push((name, delivered));
+                }
+            }
+        }
+        if self.0.len() > sorted {
+            // Stable: of a name given twice, the first entry stays.
+            self.0.sort_by(|a, b| a.0.cmp(&b.0));
+            self.0.dedup_by(|later, first| later.0 == first.0);
+        }
+    }
+
+    pub fn insert(&mut self, name: Arc<str>, delivered: Delivered) {
+        self.update([(name, delivered)], |_, d, new| *d = new);
+    }
+
+    /// Keeps the entries of the names in `names` (sorted).
+    pub fn retain_sorted(&mut self, names: &[String]) {
+        self.0
+            .retain(|(n, _)| names.binary_search_by(|m| m.as_str().cmp(n)).is_ok());
+    }
 }
 
 /// What one stream did with one resource.
@@ -161,5 +210,36 @@ impl ClientRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod deliveries_tests {
+    use super::*;
+
+    #[test]
+    fn updates_in_any_order_keep_one_sorted_entry_per_name() {
+        let mut d = Deliveries::default();
+        let held = |v: &str| Some(Arc::<str>::from(v));
+        d.update(
+            [("ns/c", "1"), ("ns/a", "1"), ("ns/b", "1"), ("ns/a", "2")]
+                .map(|(n, v)| (Arc::<str>::from(n), Arc::<str>::from(v))),
+            |_, e, v| e.held = Some(v),
+        );
+        let names: Vec<&str> = d.0.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["ns/a", "ns/b", "ns/c"]);
+        assert_eq!(
+            d.get("ns/a").unwrap().held,
+            held("1"),
+            "the first of a repeated name stays"
+        );
+        d.update(
+            [(Arc::<str>::from("ns/b"), Arc::<str>::from("3"))],
+            |_, e, v| e.held = Some(v),
+        );
+        assert_eq!(d.get("ns/b").unwrap().held, held("3"));
+        assert_eq!(d.0.len(), 3);
+        d.retain_sorted(&["ns/a".to_owned(), "ns/c".to_owned()]);
+        assert!(d.get("ns/b").is_none() && d.get("ns/c").is_some());
     }
 }

@@ -375,19 +375,21 @@ impl<M: Subscription> SdsStream<M> {
                 let ClientInfo {
                     names, delivery, ..
                 } = &mut *info;
-                delivery.retain(|n, _| names.iter().any(|m| **m == **n));
+                // Both machines list their names sorted.
+                delivery.retain_sorted(names);
             }
         }
-        for (name, version) in claimed {
-            info.delivery.entry(name).or_default().held = Some(version);
-        }
+        info.delivery.update(claimed, |_, delivered, version| {
+            delivered.held = Some(version)
+        });
         let mut rejected = Vec::new();
         match ack {
             Ack::Ack { version, answers } => {
                 info.acked = Some(version.clone());
-                for (name, version) in answers {
-                    info.delivery.entry(name.clone()).or_default().held = Some(version.clone());
-                }
+                info.delivery
+                    .update(answers.iter().cloned(), |_, delivered, version| {
+                        delivered.held = Some(version)
+                    });
             }
             Ack::Nack {
                 version,
@@ -400,17 +402,18 @@ impl<M: Subscription> SdsStream<M> {
                 info.nacks += 1;
                 // What the reply answers and the client does not already hold is what it
                 // refused (a Delta NACK answers every resource of its response).
-                for (name, version) in answers {
-                    let delivered = info.delivery.entry(name.clone()).or_default();
-                    if delivered.held.as_ref() != Some(version) {
-                        delivered.rejected = Some(Rejected {
-                            version: version.clone(),
-                            message: message.clone(),
-                            seq: self.inner.clients.next_nack(),
-                        });
-                        rejected.push(name.clone());
-                    }
-                }
+                let clients = &self.inner.clients;
+                info.delivery
+                    .update(answers.iter().cloned(), |name, delivered, version| {
+                        if delivered.held.as_ref() != Some(&version) {
+                            delivered.rejected = Some(Rejected {
+                                version,
+                                message: message.clone(),
+                                seq: clients.next_nack(),
+                            });
+                            rejected.push(name.clone());
+                        }
+                    });
             }
             _ => {}
         }
