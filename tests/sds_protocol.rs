@@ -554,3 +554,27 @@ async fn delta_ads_serves_secrets() {
     assert_eq!(r.resources[0].name, "team/a");
     assert_eq!(r.resources[0].version, server.version("team/a"));
 }
+
+/// A Delta stream whose first request names nothing is a wildcard (the legacy form): the
+/// client registry shows it so, and the delivery report counts it as a subscriber of every
+/// served resource, until it ACKs.
+#[tokio::test]
+async fn a_delta_wildcard_stream_is_shown_and_counted_as_one() {
+    let server = server_with(&["a"]).await;
+    let mut c = DeltaClient::open(&server).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await;
+    let first = c.recv().await;
+    assert_eq!(first.resources[0].name, "team/a");
+    server
+        .wait_for_client("a Delta wildcard stream", |c| {
+            c.api == "delta" && c.wildcard
+        })
+        .await;
+    let version: std::sync::Arc<str> = first.resources[0].version.as_str().into();
+    let delivery = server.running.clients.delivery_of("team/a", &version);
+    assert_eq!((delivery.subscribers, delivery.pending), (1, 1));
+}

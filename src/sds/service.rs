@@ -334,8 +334,10 @@ impl<M: Subscription> SdsStream<M> {
         }
     }
 
-    /// Logs, counts and records in the client registry what a request meant.
-    fn record(&self, request: &M::Req, ack: &Ack) {
+    /// Logs, counts and records in the client registry what a request meant. The first
+    /// request always sets the subscription shown (a Delta stream that names nothing in it
+    /// is a wildcard, which no later request need repeat).
+    fn record(&self, request: &M::Req, ack: &Ack, first: bool) {
         let (metrics, api, machine) = (&self.metrics, self.api, &self.machine);
         match ack {
             Ack::Ack { .. } => {
@@ -367,7 +369,7 @@ impl<M: Subscription> SdsStream<M> {
         if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
             info.node = node.to_owned();
         }
-        if M::changes_subscription(request, &info.names) {
+        if first || M::changes_subscription(request, &info.names) {
             let (names, wildcard) = machine.subscription();
             info.names = names;
             info.wildcard = wildcard;
@@ -482,8 +484,9 @@ impl<M: Subscription> SdsStream<M> {
         }
         let snap = self.snapshots.borrow_and_update().clone();
         let (ack, response) = self.machine.on_request(&request, &snap);
+        let first = self.wants.is_none();
         self.follow(&request);
-        self.record(&request, &ack);
+        self.record(&request, &ack, first);
         // Answers to requests are not pushes: no latency sample.
         match response {
             Some(r) => Step::Respond(r, None),
