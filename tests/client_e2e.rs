@@ -271,6 +271,11 @@ async fn server_restart_keeps_trust_then_resyncs() {
         matches!(e, TrustEvent::Disconnected { .. })
     })
     .await;
+    // A reconnect that fails says why: the transport error's cause, not just its name.
+    wait_event(&mut events, "a refused reconnect, with its cause", |e| {
+        matches!(e, TrustEvent::Disconnected { reason } if reason.contains("Connection refused"))
+    })
+    .await;
     assert_eq!(
         mcp_initialize(URL, tls.clone(), Some(upstream.addr))
             .await

@@ -186,6 +186,22 @@ fn closed(api: &str, progressed: bool) -> SessionError {
     }
 }
 
+/// An error with its causes, `outer: inner: ...` (tonic's transport error alone says only
+/// "transport error"; the cause says "Connection refused").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn fail(reason: impl std::fmt::Display) -> SessionError {
     SessionError {
         reason: reason.to_string(),
@@ -215,7 +231,7 @@ async fn session(options: &ClientOptions, stores: &Stores) -> Result<(), Session
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| fail(format!("connect: {e}")))?;
+        .map_err(|e| fail(format!("connect: {}", with_causes(&e))))?;
     let mut client = SecretDiscoveryServiceClient::new(channel);
     let _ = stores.events.send(TrustEvent::Connected);
     match options.protocol {
@@ -260,7 +276,7 @@ async fn delta_session(
     let mut responses = client
         .delta_secrets(ReceiverStream::new(rx))
         .await
-        .map_err(|e| fail(format!("DeltaSecrets: {e}")))?
+        .map_err(|e| fail(format!("DeltaSecrets: {}", with_causes(&e))))?
         .into_inner();
     let mut progressed = false;
     loop {
@@ -269,7 +285,7 @@ async fn delta_session(
             Ok(None) => return Err(closed("DeltaSecrets", progressed)),
             Err(e) => {
                 return Err(SessionError {
-                    reason: format!("DeltaSecrets: {e}"),
+                    reason: format!("DeltaSecrets: {}", with_causes(&e)),
                     progressed,
                 });
             }
@@ -320,7 +336,7 @@ async fn sotw_session(
     let mut responses = client
         .stream_secrets(ReceiverStream::new(rx))
         .await
-        .map_err(|e| fail(format!("StreamSecrets: {e}")))?
+        .map_err(|e| fail(format!("StreamSecrets: {}", with_causes(&e))))?
         .into_inner();
     let mut accepted = String::new();
     let mut progressed = false;
@@ -330,7 +346,7 @@ async fn sotw_session(
             Ok(None) => return Err(closed("StreamSecrets", progressed)),
             Err(e) => {
                 return Err(SessionError {
-                    reason: format!("StreamSecrets: {e}"),
+                    reason: format!("StreamSecrets: {}", with_causes(&e)),
                     progressed,
                 });
             }
