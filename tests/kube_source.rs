@@ -984,7 +984,6 @@ async fn ten_thousand_conditions_are_written_with_bounded_concurrency() {
 /// the rejection from the condition.
 #[tokio::test]
 async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
-    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 
     let fake = weather_fake("Delivery A").await;
@@ -1017,16 +1016,7 @@ async fn a_nacking_subscriber_shows_in_the_delivery_report_and_the_condition() {
     refuser.subscribe(&["team/weather"], "").await;
     let pushed = refuser.recv().await;
     refuser
-        .send(DeltaDiscoveryRequest {
-            type_url: trust_sds::sds::SECRET_TYPE_URL.to_owned(),
-            response_nonce: pushed.nonce.clone(),
-            error_detail: Some(envoy_types::pb::google::rpc::Status {
-                code: 3,
-                message: "test broker: cannot parse the bundle".to_owned(),
-                details: vec![],
-            }),
-            ..Default::default()
-        })
+        .nack(&pushed.nonce, "test broker: cannot parse the bundle")
         .await;
     // Counted when the NACK came: 1 of 2.
     let want = format!(

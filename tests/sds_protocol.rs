@@ -495,17 +495,7 @@ async fn delta_nack_is_recorded_and_not_resent() {
     let mut c = DeltaClient::open(&server).await;
     c.subscribe(&["team/a"], "").await;
     let first = c.recv().await;
-    c.send(DeltaDiscoveryRequest {
-        type_url: SECRET_TYPE_URL.into(),
-        response_nonce: first.nonce.clone(),
-        error_detail: Some(envoy_types::pb::google::rpc::Status {
-            code: 3,
-            message: "cannot use it".into(),
-            details: vec![],
-        }),
-        ..Default::default()
-    })
-    .await;
+    c.nack(&first.nonce, "cannot use it").await;
     server.wait_for_client("delta NACK", |c| c.nacks == 1).await;
     // Not resent: the next response is the answer to a new subscription.
     c.subscribe(&["team/b"], "").await;

@@ -349,6 +349,21 @@ impl DeltaClient {
         .await;
     }
 
+    /// Rejects the response with `nonce` (an `error_detail` of code 3).
+    pub async fn nack(&mut self, nonce: &str, message: &str) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: SECRET_TYPE_URL.to_owned(),
+            response_nonce: nonce.to_owned(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: message.to_owned(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    }
+
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
         let resp = next_message(&mut self.rx).await;
         let mut seen = BTreeSet::new();
