@@ -511,12 +511,14 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("ca.pem");
 
-    // The default server policy holds unknown names: the wait ends at --timeout.
+    // The default server policy holds unknown names: the wait ends at --timeout. (Long
+    // enough for the process to start and connect while the whole suite runs on 2 cores:
+    // with 1s it once timed out before connecting, "no connection to trust-sds ... yet".)
     once_fails(&server.url(),
         "mcp-demo/unknown",
         &out,
-        &["--timeout", "1s"], &format!(
-            "error: no trust bundle for mcp-demo/unknown after 1s: trust-sds at {} does not serve it",
+        &["--timeout", "5s"], &format!(
+            "error: no trust bundle for mcp-demo/unknown after 5s: trust-sds at {} does not serve it",
             server.url()
         )).await;
     assert!(!out.exists());
@@ -561,7 +563,7 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
         "http://127.0.0.1:1",
         NAME,
         &out,
-        &["--timeout", "1s"],
+        &["--timeout", "5s"],
         "trust-sds at http://127.0.0.1:1 is unreachable: connect",
     )
     .await;
