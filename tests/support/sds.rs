@@ -287,11 +287,7 @@ impl SotwClient {
             resource_names: names.iter().map(|s| s.to_string()).collect(),
             type_url: SECRET_TYPE_URL.to_owned(),
             response_nonce: last.nonce,
-            error_detail: Some(envoy_types::pb::google::rpc::Status {
-                code: 3,
-                message: message.to_owned(),
-                details: vec![],
-            }),
+            error_detail: Some(nack_detail(message)),
             ..Default::default()
         })
         .await;
@@ -354,11 +350,7 @@ impl DeltaClient {
         self.send(DeltaDiscoveryRequest {
             type_url: SECRET_TYPE_URL.to_owned(),
             response_nonce: nonce.to_owned(),
-            error_detail: Some(envoy_types::pb::google::rpc::Status {
-                code: 3,
-                message: message.to_owned(),
-                details: vec![],
-            }),
+            error_detail: Some(nack_detail(message)),
             ..Default::default()
         })
         .await;
@@ -378,5 +370,14 @@ impl DeltaClient {
         let mut v: Vec<String> = resp.resources.iter().map(|r| r.name.clone()).collect();
         v.sort();
         v
+    }
+}
+
+/// A NACK's `error_detail`: INVALID_ARGUMENT (3) with `message`, as Envoy sends it.
+fn nack_detail(message: &str) -> envoy_types::pb::google::rpc::Status {
+    envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message: message.to_owned(),
+        details: vec![],
     }
 }
