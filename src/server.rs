@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin;
 use crate::metrics::Metrics;
@@ -19,6 +18,7 @@ use crate::sds::clients::ClientRegistry;
 use crate::sds::encode::spawn_encoder;
 use crate::sds::grpc::{AdsGrpc, SdsGrpc};
 use crate::sds::service::SdsServer;
+use crate::sds::transport::{Transport, listen};
 use crate::source::manifests::ManifestsSource;
 use crate::translate::TranslateConfig;
 
@@ -207,11 +207,8 @@ pub async fn start(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SdsGrpc>().await;
     let max = config.sds.max_request_bytes;
-    let router = tonic::transport::Server::builder()
-        // A transport backstop above the per-connection stream limit, which is enforced per
-        // SDS stream with a clear error; this one also bounds unary calls (health, fetch).
-        .max_concurrent_streams(transport_stream_cap(config.sds.streams.per_connection))
-        .add_service(SdsGrpc::new(sds.clone(), max))
+    // Everything but the discovery streams, which the transport serves itself.
+    let others = tonic::service::Routes::new(SdsGrpc::new(sds.clone(), max))
         .add_service(AdsGrpc::new(sds.clone(), max))
         .add_service(health_service)
         .add_service(
@@ -221,7 +218,16 @@ pub async fn start(
                 config.sds.authz.clone(),
             )
             .into_server(),
-        );
+        )
+        .prepare();
+    // A transport backstop above the per-connection stream limit, which is enforced per
+    // SDS stream with a clear error; this one also bounds unary calls (health, fetch).
+    let transport = Transport::new(
+        sds,
+        others,
+        max,
+        transport_stream_cap(config.sds.streams.per_connection),
+    );
 
     let listener = TcpListener::bind(config.sds_addr)
         .await
@@ -234,13 +240,9 @@ pub async fn start(
 
     if let Some(path) = config.uds_path.clone() {
         let socket = crate::uds::bind(&path)?;
-        let incoming = crate::sds::connection::unix_incoming(socket.listener);
-        let router = router.clone();
-        let stop = wait_for_stop(shutdown_rx.clone());
+        let (transport, stop) = (transport.clone(), shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!(error = %e, "unix socket server failed");
-            }
+            listen::unix(socket.listener, transport, stop).await;
             socket.owner.remove();
         }));
     }
@@ -249,24 +251,12 @@ pub async fn start(
         .clone()
         .map(crate::tls::ReloadingTls::load)
         .transpose()?;
-    let stop = wait_for_stop(shutdown_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        let served = match tls {
-            Some(tls) => {
-                router
-                    .serve_with_incoming_shutdown(tls.incoming(listener), stop)
-                    .await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                    .await
-            }
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "SDS server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(listen::tcp(
+        listener,
+        tls,
+        transport,
+        shutdown_rx.clone(),
+    )));
     let app = admin::http::router(published.clone(), metrics.clone(), clients.clone());
     let stop = wait_for_stop(shutdown_rx);
     tasks.push(tokio::spawn(async move {

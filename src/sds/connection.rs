@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tonic::transport::server::Connected;
 
 /// A connection accepted on the Unix socket.
 pub struct UnixConnection {
@@ -49,10 +48,9 @@ pub fn unix_incoming(
         .map(|accepted| accepted.map(UnixConnection::new))
 }
 
-impl Connected for UnixConnection {
-    type ConnectInfo = UnixConnectInfo;
-    fn connect_info(&self) -> UnixConnectInfo {
-        self.info.clone()
+impl UnixConnection {
+    pub fn info(&self) -> &UnixConnectInfo {
+        &self.info
     }
 }
 
@@ -102,31 +100,56 @@ pub struct PeerKeys {
     pub is_unix: bool,
 }
 
-impl PeerKeys {
-    pub fn of<T>(request: &tonic::Request<T>, identities: &[String]) -> Self {
-        let identity = identities.first().cloned();
-        if let Some(addr) = request.remote_addr() {
-            return Self {
+/// What the transport knows about a connection's peer, worked out once per connection. The
+/// SDS streams get it directly; the unary services find it in their requests' extensions.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub keys: PeerKeys,
+    /// SANs of the mTLS client certificate (the stream adds `node:<id>` on the Unix socket).
+    pub identities: Vec<String>,
+}
+
+impl Peer {
+    /// A TCP peer, with the certificate it presented over TLS, if any (DER).
+    pub fn tcp(addr: std::net::SocketAddr, cert: Option<&[u8]>) -> Self {
+        let identities = cert.map(crate::cert::identities).unwrap_or_default();
+        Self {
+            keys: PeerKeys {
                 connection: addr.to_string(),
-                client: identity.unwrap_or_else(|| addr.ip().to_string()),
+                client: identities
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| addr.ip().to_string()),
                 is_unix: false,
-            };
+            },
+            identities,
         }
-        match request.extensions().get::<UnixConnectInfo>() {
-            Some(info) => Self {
+    }
+
+    /// A peer on the Unix socket.
+    pub fn unix(info: &UnixConnectInfo) -> Self {
+        Self {
+            keys: PeerKeys {
                 connection: format!("unix#{}", info.id),
-                client: identity.unwrap_or_else(|| match info.pid {
+                client: match info.pid {
                     Some(pid) => format!("unix pid {pid}"),
                     None => "unix".to_owned(),
-                }),
+                },
                 is_unix: true,
             },
-            // Served over some other transport (an in-memory test channel).
-            None => Self {
+            identities: Vec::new(),
+        }
+    }
+
+    /// The peer of a unary request (its extensions), or an unknown one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        request.extensions().get::<Peer>().cloned().unwrap_or(Self {
+            keys: PeerKeys {
                 connection: "unknown".to_owned(),
-                client: identity.unwrap_or_else(|| "unknown".to_owned()),
+                client: "unknown".to_owned(),
                 is_unix: false,
             },
-        }
+            identities: Vec::new(),
+        })
     }
 }

@@ -3,7 +3,8 @@
 //! This layer sees only domain snapshots ([`crate::snapshot::Snapshot`]), never Kubernetes
 //! types. Each resource is encoded once per version ([`encode`]); each stream is a small
 //! state machine ([`sotw`], [`delta`]) driven by one task that selects over client
-//! requests, snapshot changes and shutdown ([`service`]).
+//! requests, snapshot changes and shutdown ([`service`]), on HTTP/2 connections served by one
+//! task each ([`transport`]).
 
 pub mod authz;
 pub mod clients;
@@ -16,6 +17,7 @@ pub mod interest;
 pub mod limits;
 pub mod service;
 pub mod sotw;
+pub mod transport;
 
 pub use crate::xds::SECRET_TYPE_URL;
 
@@ -98,7 +100,7 @@ pub enum Ack {
 /// ([`service`]) runs either, and authorization asks it which names a request wants, so
 /// each xDS rule is written once, in the machine. Pure: no I/O, testable without gRPC.
 pub trait Subscription: Send + 'static {
-    type Req: Send + 'static;
+    type Req: prost::Message + Default + Send + 'static;
     type Resp: Send + 'static;
     /// Applies a request (ACK/NACK bookkeeping, subscription changes): what it meant, and
     /// a response when there is something to send.

@@ -9,16 +9,17 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures::Stream;
 use tokio::sync::watch;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 use super::SdsOptions;
 use super::clients::{ClientEntry, ClientInfo, ClientRegistry, Rejected};
-use super::connection::PeerKeys;
+use super::connection::{Peer, PeerKeys};
 use super::delta::{DeltaResponse, DeltaStream};
 use super::encode::{Feed, SdsSnapshot};
 use super::interest::Listener;
 use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
 use super::sotw::{SotwResponse, SotwStream};
+use super::transport::requests::Requests;
 use super::{Ack, Subscription};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
@@ -62,18 +63,17 @@ impl SdsServer {
     /// Admits a stream (or refuses it with RESOURCE_EXHAUSTED) and returns its responses.
     ///
     /// There is no task or channel per stream: the response stream itself runs the state
-    /// machine whenever the transport polls it (hyper already has a task per HTTP/2 stream),
-    /// so an idle stream costs its state and nothing more, and a push wakes one task. A slow
-    /// client is not polled until it has window again, and then gets the newest snapshot,
-    /// never a queue of stale ones.
+    /// machine whenever its connection's task polls it ([`super::transport`]), so an idle
+    /// stream costs its state and nothing more. A slow client is not polled until it has
+    /// window again, and then gets the newest snapshot, never a queue of stale ones.
     fn open<M: Subscription>(
         &self,
         api: &'static str,
         machine: M,
-        request: Request<Streaming<M::Req>>,
+        peer: &Peer,
+        requests: Requests<M::Req>,
     ) -> Result<ResponseStream<M::Resp>, Status> {
-        let identities = peer_identities(&request);
-        let keys = PeerKeys::of(&request, &identities);
+        let Peer { keys, identities } = peer.clone();
         let admitted = match self.inner.streams.admit(&keys.connection, &keys.client) {
             Ok(admitted) => admitted,
             Err(refusal) => {
@@ -89,7 +89,7 @@ impl SdsServer {
             identities,
             admitted,
             machine,
-            request.into_inner(),
+            requests,
         );
         let responses = futures::stream::unfold(stream, |mut stream| async move {
             let item = stream.next().await?;
@@ -99,14 +99,9 @@ impl SdsServer {
     }
 }
 
+/// The certificate identities of a unary request's peer.
 pub(crate) fn peer_identities<T>(request: &Request<T>) -> Vec<String> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|info| info.peer_certs())
-        .and_then(|certs| certs.first().map(|c| crate::cert::identities(c)))
-        .unwrap_or_default()
+    Peer::of(request).identities
 }
 
 /// The identity a node id gives a client: `node:<id>`, only on the Unix socket, where no
@@ -171,7 +166,7 @@ struct SdsStream<M: Subscription> {
     /// SANs of the mTLS client certificate, plus `node:<id>` on the Unix socket.
     identities: Vec<String>,
     machine: M,
-    requests: Streaming<M::Req>,
+    requests: Requests<M::Req>,
     snapshots: watch::Receiver<Arc<SdsSnapshot>>,
     /// Wakes the stream when a name it wants changes.
     listener: Listener,
@@ -214,7 +209,7 @@ impl<M: Subscription> SdsStream<M> {
         identities: Vec<String>,
         admitted: Admitted,
         machine: M,
-        requests: Streaming<M::Req>,
+        requests: Requests<M::Req>,
     ) -> Self {
         let metrics = StreamMetrics::new(&inner.metrics, api);
         metrics.streams.inc();
@@ -500,28 +495,32 @@ impl SdsServer {
     /// `StreamSecrets` (SDS) or `StreamAggregatedResources` (ADS, `ads`).
     pub fn stream_sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        peer: &Peer,
+        requests: Requests<DiscoveryRequest>,
         ads: bool,
     ) -> Result<ResponseStream<SotwResponse>, Status> {
         let api = if ads { "ads" } else { "sotw" };
-        self.open(api, SotwStream::new(!ads), request)
+        self.open(api, SotwStream::new(!ads), peer, requests)
     }
 
     /// `DeltaSecrets` (SDS) or `DeltaAggregatedResources` (ADS, `ads`).
     pub fn stream_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        peer: &Peer,
+        requests: Requests<DeltaDiscoveryRequest>,
         ads: bool,
     ) -> Result<ResponseStream<DeltaResponse>, Status> {
         let api = if ads { "ads-delta" } else { "delta" };
         let machine = DeltaStream::new(self.inner.options.unknown_names, !ads);
-        self.open(api, machine, request)
+        self.open(api, machine, peer, requests)
     }
 
     /// `FetchSecrets`: the current bundles of the named resources, once.
     pub fn fetch(&self, request: Request<DiscoveryRequest>) -> Result<DiscoveryResponse, Status> {
-        let mut identities = peer_identities(&request);
-        let is_unix = PeerKeys::of(&request, &identities).is_unix;
+        let Peer {
+            keys, identities, ..
+        } = Peer::of(&request);
+        let (mut identities, is_unix) = (identities, keys.is_unix);
         let req = request.into_inner();
         let node = req.node.as_ref().map(|n| n.id.as_str());
         identities.extend(node_identity(is_unix, node));

@@ -1,0 +1,105 @@
+//! A discovery stream's requests: gRPC messages (a 5-byte prefix, then the protobuf) read
+//! from an HTTP/2 stream. The size limit is checked on the prefix, before the body is
+//! buffered, so a client cannot make the server hold more than one message of at most
+//! `--max-request-bytes`; window is returned to the client as bytes are taken in.
+
+use std::marker::PhantomData;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tonic::Status;
+
+/// Bytes of the gRPC message prefix: a compression flag and a big-endian length.
+const PREFIX: usize = 5;
+/// A drained buffer larger than this is freed: an idle stream holds none.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
+pub struct Requests<T> {
+    body: h2::RecvStream,
+    buf: BytesMut,
+    max: usize,
+    ended: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: prost::Message + Default> Requests<T> {
+    pub fn new(body: h2::RecvStream, max: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            max,
+            ended: false,
+            _message: PhantomData,
+        }
+    }
+
+    /// The next request; `None` when the client ended its side. Cancel-safe: a partial
+    /// message stays buffered for the next call.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        loop {
+            if let Some(message) = self.decode()? {
+                return Poll::Ready(Ok(Some(message)));
+            }
+            if self.ended {
+                return Poll::Ready(if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::internal(
+                        "the request stream ended in the middle of a message",
+                    ))
+                });
+            }
+            match ready!(self.body.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    // The stream's window goes back as soon as the bytes are ours; what
+                    // bounds memory is the size check on each prefix.
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Status::from_error(Box::new(e)))),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Result<Option<T>, Status> {
+        let Some(prefix) = self.buf.get(..PREFIX) else {
+            return Ok(None);
+        };
+        match prefix[0] {
+            0 => {}
+            1 => {
+                return Err(Status::unimplemented(
+                    "compressed requests are not supported; send uncompressed messages",
+                ));
+            }
+            flag => {
+                return Err(Status::internal(format!(
+                    "invalid gRPC compression flag {flag} (expected 0 or 1)"
+                )));
+            }
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.max {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                self.max
+            )));
+        }
+        if self.buf.len() < PREFIX + len {
+            self.buf.reserve(PREFIX + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(PREFIX);
+        let message = T::decode(self.buf.split_to(len))
+            .map_err(|e| Status::internal(format!("cannot decode the request: {e}")));
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+        message.map(Some)
+    }
+}
