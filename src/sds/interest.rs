@@ -2,18 +2,48 @@
 //! changed (and the wildcard streams), however many streams and resources there are.
 //!
 //! Each stream holds a [`Listener`]; the encoder calls [`Interest::notify`] with the names
-//! a publication changed. A wakeup is a permit (`Notify::notify_one`), so one that arrives
-//! while the stream is busy is not lost, and several collapse into one.
+//! a publication changed. A wakeup is a flag and a waker ([`Signal`]): one that arrives
+//! while the stream is busy is not lost, several collapse into one, and raising it takes
+//! no lock. Shutdown ([`Interest::stop`]) wakes every stream the same way.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
+
+/// A stream's wakeup: set, then wake; the stream clears it when it looks.
+#[derive(Debug, Default)]
+struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Raised between the first look and the registration: not lost.
+        if self.raised.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Interest {
     next_id: AtomicU64,
+    stopping: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -27,7 +57,7 @@ struct State {
 
 #[derive(Debug)]
 struct Wants {
-    notify: Arc<Notify>,
+    signal: Arc<Signal>,
     names: Vec<Arc<str>>,
     wildcard: bool,
 }
@@ -40,15 +70,15 @@ impl Interest {
     /// A stream's registration, wanting nothing until [`Listener::want`].
     pub fn listen(self: &Arc<Self>) -> Listener {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let signal = Arc::new(Signal::default());
         let mut state = self.state();
-        if state.closed {
-            notify.notify_one();
+        if state.closed || self.is_stopping() {
+            signal.raise();
         }
         state.streams.insert(
             id,
             Wants {
-                notify: notify.clone(),
+                signal: signal.clone(),
                 names: Vec::new(),
                 wildcard: false,
             },
@@ -56,25 +86,19 @@ impl Interest {
         Listener {
             interest: self.clone(),
             id,
-            notify,
+            signal,
         }
     }
 
     /// Wakes every stream that wants one of `names`, and every wildcard stream.
     pub fn notify(&self, names: &[Arc<str>]) {
         let state = self.state();
-        let mut ids: HashSet<u64> = names
-            .iter()
-            .filter_map(|n| state.by_name.get(n))
-            .flatten()
-            .copied()
-            .collect();
-        if !names.is_empty() {
-            ids.extend(&state.wildcard);
-        }
-        for id in ids {
-            if let Some(wants) = state.streams.get(&id) {
-                wants.notify.notify_one();
+        let wanting = names.iter().filter_map(|n| state.by_name.get(n)).flatten();
+        let wildcards = state.wildcard.iter().filter(|_| !names.is_empty());
+        // A stream two of whose names changed is raised twice and looks once.
+        for id in wanting.chain(wildcards) {
+            if let Some(wants) = state.streams.get(id) {
+                wants.signal.raise();
             }
         }
     }
@@ -84,8 +108,21 @@ impl Interest {
         let mut state = self.state();
         state.closed = true;
         for wants in state.streams.values() {
-            wants.notify.notify_one();
+            wants.signal.raise();
         }
+    }
+
+    /// Shutdown: wakes every stream, which then finds [`Listener::is_stopping`].
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let state = self.state();
+        for wants in state.streams.values() {
+            wants.signal.raise();
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// How many streams are registered (tests).
@@ -99,7 +136,7 @@ impl Interest {
 pub struct Listener {
     interest: Arc<Interest>,
     id: u64,
-    notify: Arc<Notify>,
+    signal: Arc<Signal>,
 }
 
 impl Listener {
@@ -139,14 +176,24 @@ impl Listener {
         }
     }
 
+    /// Ready at the next wakeup (at once if one came since the last look).
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll(cx)
+    }
+
     /// Resolves at the next wakeup (at once if one came since the last).
     pub async fn notified(&self) {
-        self.notify.notified().await
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
     }
 
     /// Wakes this stream itself (it may have missed a publication while it re-subscribed).
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.signal.raise();
+    }
+
+    /// Whether the server is shutting down ([`Interest::stop`]).
+    pub fn is_stopping(&self) -> bool {
+        self.interest.is_stopping()
     }
 }
 
@@ -224,5 +271,17 @@ mod tests {
         assert!(woken(&a).await);
         let late = interest.listen();
         assert!(woken(&late).await);
+    }
+
+    #[tokio::test]
+    async fn stopping_wakes_every_stream_and_every_later_one() {
+        let interest = Arc::new(Interest::default());
+        let a = interest.listen();
+        a.want(&strings(&["team/a"]), false);
+        assert!(!a.is_stopping());
+        interest.stop();
+        assert!(woken(&a).await && a.is_stopping());
+        let late = interest.listen();
+        assert!(woken(&late).await && late.is_stopping());
     }
 }

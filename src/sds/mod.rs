@@ -99,7 +99,7 @@ pub enum Ack {
 /// ([`sotw::SotwStream`]) and Delta ([`delta::DeltaStream`]) machines; the stream driver
 /// ([`service`]) runs either, and authorization asks it which names a request wants, so
 /// each xDS rule is written once, in the machine. Pure: no I/O, testable without gRPC.
-pub trait Subscription: Send + 'static {
+pub trait Subscription: Send + Unpin + 'static {
     type Req: prost::Message + Default + Send + 'static;
     type Resp: Send + 'static;
     /// Applies a request (ACK/NACK bookkeeping, subscription changes): what it meant, and

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
@@ -37,7 +38,6 @@ struct Inner {
     metrics: Arc<Metrics>,
     clients: Arc<ClientRegistry>,
     streams: Arc<StreamCounter>,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl SdsServer {
@@ -46,8 +46,15 @@ impl SdsServer {
         options: SdsOptions,
         metrics: Arc<Metrics>,
         clients: Arc<ClientRegistry>,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> Self {
+        // Shutdown reaches the streams as a wakeup, like a publication: a stream waits on
+        // nothing else than its requests and its listener.
+        let interest = feed.interest.clone();
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            interest.stop();
+        });
         Self {
             inner: Arc::new(Inner {
                 feed,
@@ -55,7 +62,6 @@ impl SdsServer {
                 options,
                 metrics,
                 clients,
-                shutdown,
             }),
         }
     }
@@ -91,11 +97,7 @@ impl SdsServer {
             machine,
             requests,
         );
-        let responses = futures::stream::unfold(stream, |mut stream| async move {
-            let item = stream.next().await?;
-            Some((item, stream))
-        });
-        Ok(Box::pin(responses))
+        Ok(Box::pin(stream))
     }
 }
 
@@ -172,7 +174,6 @@ struct SdsStream<M: Subscription> {
     listener: Listener,
     /// The names the listener wants (`None` before the first request).
     wants: Option<(Vec<String>, bool)>,
-    shutdown: watch::Receiver<bool>,
     metrics: StreamMetrics,
     budget: RequestBudget,
     entry: ClientEntry,
@@ -229,7 +230,6 @@ impl<M: Subscription> SdsStream<M> {
             snapshots: inner.feed.snapshots.clone(),
             listener: inner.feed.interest.listen(),
             wants: None,
-            shutdown: inner.shutdown.clone(),
             budget: RequestBudget::new(inner.options.request_rate),
             inner,
             api,
@@ -244,19 +244,29 @@ impl<M: Subscription> SdsStream<M> {
         }
     }
 
+    /// What woke the stream, in order: shutdown, a request, a publication.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event<M::Req>> {
+        if self.listener.is_stopping() {
+            return Poll::Ready(Event::Stop);
+        }
+        if let Poll::Ready(request) = self.requests.poll_message(cx) {
+            return Poll::Ready(Event::Request(request));
+        }
+        ready!(self.listener.poll_notified(cx));
+        Poll::Ready(if self.listener.is_stopping() {
+            Event::Stop
+        } else {
+            Event::Changed(self.snapshots.has_changed().is_ok())
+        })
+    }
+
     /// The next item of the response stream; `None` ends it.
-    async fn next(&mut self) -> Option<Result<M::Resp, Status>> {
+    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M::Resp, Status>>> {
         if self.ended {
-            return None;
+            return Poll::Ready(None);
         }
         loop {
-            let event = tokio::select! {
-                biased;
-                _ = self.shutdown.wait_for(|stop| *stop) => Event::Stop,
-                request = self.requests.message() => Event::Request(request),
-                () = self.listener.notified() => Event::Changed(self.snapshots.has_changed().is_ok()),
-            };
-            let step = match event {
+            let step = match ready!(self.poll_event(cx)) {
                 Event::Stop | Event::Changed(false) => Step::End,
                 Event::Request(Ok(Some(request))) => self.on_request(request),
                 Event::Request(Ok(None)) => Step::End,
@@ -286,11 +296,11 @@ impl<M: Subscription> SdsStream<M> {
                 Step::Quiet => continue,
                 Step::End => {
                     self.ended = true;
-                    return None;
+                    return Poll::Ready(None);
                 }
                 Step::Fail(status) => {
                     self.ended = true;
-                    return Some(Err(status));
+                    return Poll::Ready(Some(Err(status)));
                 }
                 Step::Respond(response, snap) => {
                     self.metrics.responses.inc();
@@ -303,7 +313,7 @@ impl<M: Subscription> SdsStream<M> {
                             .push_latency
                             .observe(snap.published.elapsed().as_secs_f64());
                     }
-                    return Some(Ok(response));
+                    return Poll::Ready(Some(Ok(response)));
                 }
             }
         }
@@ -490,7 +500,17 @@ impl<M: Subscription> SdsStream<M> {
     }
 }
 
-/// The discovery methods, called by the gRPC routing in [`super::grpc`].
+/// The response stream the transport polls: the stream's state machine runs inside it.
+impl<M: Subscription> Stream for SdsStream<M> {
+    type Item = Result<M::Resp, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_response(cx)
+    }
+}
+
+/// The discovery methods, called by the transport ([`super::transport`]) and tonic's
+/// routing of `FetchSecrets` ([`super::grpc`]).
 impl SdsServer {
     /// `StreamSecrets` (SDS) or `StreamAggregatedResources` (ADS, `ads`).
     pub fn stream_sotw(

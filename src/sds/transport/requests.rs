@@ -94,9 +94,11 @@ impl<T: prost::Message + Default> Requests<T> {
             self.buf.reserve(PREFIX + len - self.buf.len());
             return Ok(None);
         }
-        self.buf.advance(PREFIX);
-        let message = T::decode(self.buf.split_to(len))
+        // Decoded in place: splitting the buffer would make it shared, an allocation per
+        // request.
+        let message = T::decode(&self.buf[PREFIX..PREFIX + len])
             .map_err(|e| Status::internal(format!("cannot decode the request: {e}")));
+        self.buf.advance(PREFIX + len);
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = BytesMut::new();
         }
