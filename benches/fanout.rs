@@ -62,6 +62,12 @@ fn bundles(bytes: usize, count: usize) -> Vec<String> {
 // ---------------------------------------------------------------- child: servers
 
 fn child(kind: &str, bundle_bytes: usize, rotations: usize, registrations: usize) {
+    // Every server runs with a subscriber, as `trust-sds serve` does: without one, each of
+    // h2's disabled trace spans falls back to the `log` crate, a cost no deployment pays.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing with cargo-fuzz (libFuzzer) of the four input paths in
-# src/fuzzing.rs: PEM/X.509 validation, the manifests parser, and the SotW and Delta stream
-# state machines. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+# Coverage-guided fuzzing with cargo-fuzz (libFuzzer) of the five input paths in
+# src/fuzzing.rs: PEM/X.509 validation, the manifests parser, the SotW and Delta stream
+# state machines, and the gRPC framing of requests.
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Each target starts from the committed seeds (fuzz/seeds/<target>) and known crashers
 # (fuzz/regressions/<target>), grows a local corpus in fuzz/corpus/<target> (not committed),
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-15}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(pem manifests sotw delta)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(pem manifests sotw delta frames)
 CARGO_FUZZ_VERSION=0.13.2
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then

@@ -321,6 +321,61 @@ pub fn delta(data: &[u8]) {
     }
 }
 
+/// The gRPC message framing of requests (`MessageBuffer`), fed a body in chunks of sizes
+/// the input chooses: the messages and the final error are the same however the bytes are
+/// split, an error is final, and after each drain the buffer holds less than one message
+/// of the limit (what bounds a hostile client). The first byte chooses the limit.
+pub fn grpc_frames(data: &[u8]) {
+    use crate::sds::transport::requests::{MessageBuffer, PREFIX};
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
+    let max = 16 + usize::from(first) * 8;
+    // What one drain yields: messages, then `Err(code)` if the stream must end.
+    fn drain(buffer: &mut MessageBuffer, out: &mut Vec<Result<DiscoveryRequest, i32>>) -> bool {
+        loop {
+            match buffer.message::<DiscoveryRequest>() {
+                Ok(Some(message)) => out.push(Ok(message)),
+                Ok(None) => return true,
+                Err(status) => {
+                    out.push(Err(status.code() as i32));
+                    return false;
+                }
+            }
+        }
+    }
+    let mut whole = Vec::new();
+    let mut buffer = MessageBuffer::new(max);
+    buffer.push(body);
+    let whole_ok = drain(&mut buffer, &mut whole);
+    let whole_left = buffer.len();
+
+    let mut split = Vec::new();
+    let mut buffer = MessageBuffer::new(max);
+    let mut rest = body;
+    let mut split_ok = true;
+    let mut sizes = data.iter().cycle();
+    while !rest.is_empty() && split_ok {
+        let size = (1 + usize::from(*sizes.next().unwrap_or(&1) % 23)).min(rest.len());
+        let (chunk, tail) = rest.split_at(size);
+        buffer.push(chunk);
+        rest = tail;
+        split_ok = drain(&mut buffer, &mut split);
+        if split_ok {
+            assert!(
+                buffer.len() < PREFIX + max,
+                "{} bytes held with a limit of {max}",
+                buffer.len()
+            );
+        }
+    }
+    assert_eq!(whole, split, "the split changed what was decoded");
+    assert_eq!(whole_ok, split_ok);
+    if whole_ok {
+        assert_eq!(whole_left, buffer.len(), "the split left other bytes");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,11 +66,12 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 #[test]
 fn committed_fuzz_seeds_and_crashers_replay_cleanly() {
     type Driver = fn(&[u8]);
-    let targets: [(&str, Driver); 4] = [
+    let targets: [(&str, Driver); 5] = [
         ("pem", fuzzing::pem),
         ("manifests", fuzzing::manifests),
         ("sotw", fuzzing::sotw),
         ("delta", fuzzing::delta),
+        ("frames", fuzzing::grpc_frames),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for (target, run) in targets {
@@ -144,5 +145,13 @@ fn delta_state_machine_keeps_its_invariants() {
     let mut rng = Rng(0x5eed_0004);
     for _ in 0..1_000 {
         fuzzing::delta(&random_bytes(&mut rng));
+    }
+}
+
+#[test]
+fn request_framing_is_the_same_however_the_bytes_arrive() {
+    let mut rng = Rng(0x5eed_0005);
+    for _ in 0..2_000 {
+        fuzzing::grpc_frames(&random_bytes(&mut rng));
     }
 }

@@ -43,7 +43,8 @@ impl Signal {
 #[derive(Debug, Default)]
 pub struct Interest {
     next_id: AtomicU64,
-    stopping: AtomicBool,
+    /// Apart from `state`, which the encoder locks while streams read this on every poll.
+    stopping: Arc<AtomicBool>,
     state: Mutex<State>,
 }
 
@@ -87,6 +88,7 @@ impl Interest {
             interest: self.clone(),
             id,
             signal,
+            stopping: self.stopping.clone(),
         }
     }
 
@@ -137,6 +139,7 @@ pub struct Listener {
     interest: Arc<Interest>,
     id: u64,
     signal: Arc<Signal>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Listener {
@@ -193,7 +196,7 @@ impl Listener {
 
     /// Whether the server is shutting down ([`Interest::stop`]).
     pub fn is_stopping(&self) -> bool {
-        self.interest.is_stopping()
+        self.stopping.load(Ordering::Acquire)
     }
 }
 

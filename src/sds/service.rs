@@ -20,7 +20,7 @@ use super::encode::{Feed, SdsSnapshot};
 use super::interest::Listener;
 use super::limits::{Admitted, Limit, RequestBudget, StreamCounter};
 use super::sotw::{SotwResponse, SotwStream};
-use super::transport::requests::Requests;
+use super::transport::requests::{RequestError, Requests};
 use super::{Ack, Subscription};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
@@ -185,7 +185,7 @@ struct SdsStream<M: Subscription> {
 /// What woke a stream.
 enum Event<Req> {
     Stop,
-    Request(Result<Option<Req>, Status>),
+    Request(Result<Option<Req>, RequestError>),
     /// A new snapshot (`false`: the publisher is gone).
     Changed(bool),
 }
@@ -272,7 +272,9 @@ impl<M: Subscription> SdsStream<M> {
                 Event::Request(Ok(None)) => Step::End,
                 // An oversized message is a broken rule, not a broken connection: tell the
                 // client why (if it still listens).
-                Event::Request(Err(status)) if status.code() == tonic::Code::OutOfRange => {
+                Event::Request(Err(RequestError::Invalid(status)))
+                    if status.code() == tonic::Code::OutOfRange =>
+                {
                     self.inner.metrics.limit_refused(Limit::MessageSize);
                     tracing::warn!(api = self.api, peer = %self.keys.connection, %status, "request too large; stream closed");
                     Step::Fail(Status::out_of_range(format!(
@@ -280,8 +282,14 @@ impl<M: Subscription> SdsStream<M> {
                         status.message()
                     )))
                 }
-                Event::Request(Err(status)) => {
-                    tracing::debug!(api = self.api, %status, "stream ended by client error");
+                // Not a request (compressed, not protobuf, cut short): the status says which.
+                Event::Request(Err(RequestError::Invalid(status))) => {
+                    self.metrics.rejected.inc();
+                    tracing::warn!(api = self.api, peer = %self.keys.connection, %status, "malformed request; stream closed");
+                    Step::Fail(status)
+                }
+                Event::Request(Err(RequestError::Gone(error))) => {
+                    tracing::debug!(api = self.api, %error, "stream ended by the client or its connection");
                     Step::End
                 }
                 Event::Changed(true) => {
