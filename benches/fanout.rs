@@ -14,6 +14,10 @@
 //! build` from pinned modules and given the same bundles (as files), the same number of
 //! registrations and the same rotations. Every case prints the three rows and the ratios
 //! of trust-sds to each.
+//!
+//! "clients cpu" is this process's CPU per update while the rotations run: the clients
+//! share the machine's cores with the server, so change-to-last-stream latency includes
+//! their work, whatever the server's.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -359,6 +363,8 @@ struct Figures {
     median: Duration,
     p99: Duration,
     cpu_per_update: Duration,
+    /// The bench's own CPU (the clients) per update: it shares the 2 cores with the server.
+    client_cpu_per_update: Duration,
     rss_per_stream: f64,
     cold_start: Duration,
     cold_start_registrations: usize,
@@ -437,6 +443,7 @@ async fn run_case(
     let rss_after = proc_rss_kib(pid);
 
     let cpu_before = proc_cpu(pid);
+    let client_before = support::procfs::cpu("self");
     let mut samples = Vec::with_capacity(rotations);
     for i in 1..=rotations {
         SLOT.store(i, Ordering::SeqCst);
@@ -452,6 +459,7 @@ async fn run_case(
     // ACKs of the last rotation are part of its cost: give them a moment to land.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu = proc_cpu(pid) - cpu_before;
+    let client_cpu = support::procfs::cpu("self") - client_before;
     drop(stdin);
     if wrapper.is_empty() {
         let _ = child.kill();
@@ -466,6 +474,7 @@ async fn run_case(
         median: samples[samples.len() / 2],
         p99: samples[((samples.len() - 1) as f64 * 0.99).round() as usize],
         cpu_per_update: cpu / (streams * rotations) as u32,
+        client_cpu_per_update: client_cpu / (streams * rotations) as u32,
         rss_per_stream: (rss_after.saturating_sub(rss_before)) as f64 / streams as f64,
         cold_start: Duration::from_micros(cold[0]),
         cold_start_registrations: cold[1] as usize,
@@ -517,7 +526,7 @@ fn main() {
         "fanout: {rotations} rotations per case; server CPU and RSS read from /proc of the server process"
     );
     println!(
-        "{:<10} {:>7} {:>5} {:>7} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "{:<10} {:>7} {:>5} {:>7} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12}",
         "server",
         "streams",
         "conns",
@@ -526,7 +535,8 @@ fn main() {
         "p99",
         "cpu/update",
         "KiB/stream",
-        "cold start"
+        "cold start",
+        "clients cpu"
     );
     let cases: &[(usize, usize)] = if quick {
         &[(1_000, 10)]
@@ -564,7 +574,7 @@ fn main() {
                     10_000,
                 ));
                 println!(
-                    "{kind:<10} {streams:>7} {connections:>5} {:>6}K {:>10.2?} {:>10.2?} {:>12.2?} {:>12.2} {:>12}",
+                    "{kind:<10} {streams:>7} {connections:>5} {:>6}K {:>10.2?} {:>10.2?} {:>12.2?} {:>12.2} {:>12} {:>12.2?}",
                     bundle / 1024,
                     f.median,
                     f.p99,
@@ -574,7 +584,8 @@ fn main() {
                         format!("{:.0?} ({})", f.cold_start, f.cold_start_registrations)
                     } else {
                         "-".into()
-                    }
+                    },
+                    f.client_cpu_per_update
                 );
                 row.push((kind, f));
             }

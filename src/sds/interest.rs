@@ -6,7 +6,7 @@
 //! while the stream is busy is not lost, several collapse into one, and raising it takes
 //! no lock. Shutdown ([`Interest::stop`]) wakes every stream the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -51,8 +51,10 @@ pub struct Interest {
 #[derive(Debug, Default)]
 struct State {
     streams: HashMap<u64, Wants>,
-    by_name: HashMap<Arc<str>, HashSet<u64>>,
-    wildcard: HashSet<u64>,
+    /// Each name's streams, with their signals: a publication raises them without a
+    /// lookup per stream.
+    by_name: HashMap<Arc<str>, HashMap<u64, Arc<Signal>>>,
+    wildcard: HashMap<u64, Arc<Signal>>,
     closed: bool,
 }
 
@@ -95,13 +97,14 @@ impl Interest {
     /// Wakes every stream that wants one of `names`, and every wildcard stream.
     pub fn notify(&self, names: &[Arc<str>]) {
         let state = self.state();
-        let wanting = names.iter().filter_map(|n| state.by_name.get(n)).flatten();
-        let wildcards = state.wildcard.iter().filter(|_| !names.is_empty());
+        let wanting = names
+            .iter()
+            .filter_map(|n| state.by_name.get(n))
+            .flat_map(HashMap::values);
+        let wildcards = state.wildcard.values().filter(|_| !names.is_empty());
         // A stream two of whose names changed is raised twice and looks once.
-        for id in wanting.chain(wildcards) {
-            if let Some(wants) = state.streams.get(id) {
-                wants.signal.raise();
-            }
+        for signal in wanting.chain(wildcards) {
+            signal.raise();
         }
     }
 
@@ -168,12 +171,15 @@ impl Listener {
                 Some((shared, _)) => shared.clone(),
                 None => Arc::from(name.as_str()),
             };
-            by_name.entry(name.clone()).or_default().insert(self.id);
+            by_name
+                .entry(name.clone())
+                .or_default()
+                .insert(self.id, self.signal.clone());
             wants.names.push(name);
         }
         wants.wildcard = wildcard;
         if wildcard {
-            wildcards.insert(self.id);
+            wildcards.insert(self.id, self.signal.clone());
         } else {
             wildcards.remove(&self.id);
         }

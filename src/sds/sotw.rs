@@ -120,7 +120,29 @@ impl SotwStream {
         self.nonce > 0 && !nonce.starts_with('0') && nonce.parse::<u64>() == Ok(self.nonce)
     }
 
+    /// Whether the subscribed names that exist are exactly those last sent, at the versions
+    /// sent: the answer to most ACKs and to publications of other names, found without
+    /// building the view (the versions are shared, so equal ones are the same pointer).
+    fn sent_is_current(&self, snap: &SdsSnapshot) -> bool {
+        let mut sent = self.sent.iter();
+        for name in &self.names {
+            if let Some((name, resource)) = snap.resources.get_key_value(name.as_str()) {
+                let same = |(m, v): &(Arc<str>, Arc<str>)| {
+                    (Arc::ptr_eq(m, name) || m == name)
+                        && (Arc::ptr_eq(v, &resource.version) || *v == resource.version)
+                };
+                if !sent.next().is_some_and(same) {
+                    return false;
+                }
+            }
+        }
+        sent.next().is_none()
+    }
+
     fn respond(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
+        if !self.wildcard && self.sent_is_current(snap) {
+            return None;
+        }
         // The subscribed resources that exist, in name order. `names` is sorted already; the
         // wildcard view comes from a hash map and is sorted here.
         let view: Vec<(&Arc<str>, &Arc<EncodedResource>)> = if self.wildcard {
