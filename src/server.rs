@@ -227,6 +227,7 @@ pub async fn start(
         others,
         max,
         transport_stream_cap(config.sds.streams.per_connection),
+        config.sds.keepalive,
     );
 
     let listener = TcpListener::bind(config.sds_addr)

@@ -1,7 +1,7 @@
 //! The HTTP/2 transport seen by a raw client (the h2 crate, no gRPC library): what a
 //! hostile or broken client can send ends only its own stream with a status that says
-//! why, pings are answered, and shutdown ends every stream with `OK` and closes the
-//! connection.
+//! why, pings are answered, a client that stops answering the server's pings is
+//! disconnected, and shutdown ends every stream with `OK` and closes the connection.
 
 mod support;
 
@@ -9,12 +9,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use h2::client::{ResponseFuture, SendRequest};
 use prost::Message;
+use std::time::Duration;
 use support::objects::{ca_secret, registration};
 use support::pki::Ca;
 use support::sds::{TIMEOUT, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use trust_sds::sds::{SECRET_TYPE_URL, UnknownNamePolicy};
+use trust_sds::sds::transport::keepalive::Keepalive;
+use trust_sds::sds::{SECRET_TYPE_URL, SdsOptions, UnknownNamePolicy};
+use trust_sds::server::ServeConfig;
 
 const SOTW: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 
@@ -304,4 +308,158 @@ async fn shutdown_ends_streams_with_ok_and_closes_the_connection() {
         .await
         .expect("shutdown completes")
         .unwrap();
+}
+
+/// A client that writes and reads HTTP/2 frames by hand, so that it can leave the
+/// server's PINGs unanswered (the h2 crate always answers them).
+struct Frames {
+    tcp: TcpStream,
+    read: BytesMut,
+}
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const ACK: u8 = 1;
+
+impl Frames {
+    /// Connects, and opens a SotW stream (id 1) that asks for `team/a`.
+    async fn open_sotw(server: &TestServer) -> Self {
+        let tcp = TcpStream::connect(server.running.sds_addr).await.unwrap();
+        let mut frames = Self {
+            tcp,
+            read: BytesMut::new(),
+        };
+        frames.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        frames.send(SETTINGS, 0, 0, &[]).await;
+        // HPACK, nothing indexed but the static table: :method POST, :scheme http, then
+        // literals without indexing (a name index, or a new name) and no Huffman coding.
+        let mut block = vec![0x83, 0x86];
+        // Static table: 4 is :path, 1 is :authority.
+        for (index, value) in [(4, SOTW), (1, "trust-sds")] {
+            block.push(index);
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        frames.send(HEADERS, 0x4, 1, &block).await; // END_HEADERS
+        let body = request(&["team/a"], "");
+        frames
+            .send(DATA, 0, 1, &frame(0, body.len() as u32, &body))
+            .await;
+        frames
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        out.put_uint(payload.len() as u64, 3);
+        out.put_u8(kind);
+        out.put_u8(flags);
+        out.put_u32(stream);
+        out.put_slice(payload);
+        self.write(&out).await;
+    }
+
+    /// The next frame (kind, flags, stream, payload); `None` once the server closed the
+    /// connection.
+    async fn next(&mut self) -> Option<(u8, u8, u32, Bytes)> {
+        loop {
+            if self.read.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.read[0], self.read[1], self.read[2]]);
+                if self.read.len() >= 9 + len as usize {
+                    let head = self.read.split_to(9);
+                    let payload = self.read.split_to(len as usize).freeze();
+                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                    return Some((head[3], head[4], stream & 0x7fff_ffff, payload));
+                }
+            }
+            match tokio::time::timeout(TIMEOUT, self.tcp.read_buf(&mut self.read)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("nothing from the server in {TIMEOUT:?}"),
+            }
+        }
+    }
+}
+
+async fn server_with_a_pinging(keepalive: Keepalive) -> TestServer {
+    let server = TestServer::start_with(ServeConfig {
+        sds: SdsOptions {
+            keepalive: Some(keepalive),
+            ..Default::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    server
+        .apply(vec![
+            registration("team", "a", "a-ca"),
+            ca_secret("team", "a-ca", &Ca::root("a root").pem()),
+        ])
+        .await;
+    server
+}
+
+const QUICK: Keepalive = Keepalive {
+    interval: Duration::from_millis(100),
+    timeout: Duration::from_millis(200),
+};
+
+#[tokio::test]
+async fn a_client_that_answers_pings_keeps_its_connection() {
+    let server = server_with_a_pinging(QUICK).await;
+    let mut frames = Frames::open_sotw(&server).await;
+    let (mut answered, mut data) = (0, 0);
+    // Each ping is answered; the server would close the connection 200 ms after an
+    // unanswered one, so three answered pings mean the answers counted.
+    while answered < 3 {
+        let (kind, flags, stream, payload) = frames
+            .next()
+            .await
+            .expect("the connection stays open while pings are answered");
+        match (kind, flags & ACK) {
+            (SETTINGS, 0) => frames.send(SETTINGS, ACK, 0, &[]).await,
+            (PING, 0) => {
+                frames.send(PING, ACK, 0, &payload).await;
+                answered += 1;
+            }
+            (DATA, _) if stream == 1 => data += payload.len(),
+            _ => {}
+        }
+    }
+    assert!(data > 0, "the stream got its bundle");
+    assert_eq!(server.running.clients.len(), 1, "the stream is still open");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_disconnected_and_its_streams_end() {
+    let server = server_with_a_pinging(QUICK).await;
+    let mut frames = Frames::open_sotw(&server).await;
+    let (mut pings, mut data) = (0, 0);
+    // Nothing is answered (not even SETTINGS): like a peer whose node vanished.
+    while let Some((kind, flags, stream, payload)) = frames.next().await {
+        match kind {
+            PING if flags & ACK == 0 => pings += 1,
+            DATA if stream == 1 => data += payload.len(),
+            _ => {}
+        }
+    }
+    assert!(
+        data > 0,
+        "the stream got its bundle before the client went quiet"
+    );
+    assert_eq!(pings, 1, "one unanswered ping is enough");
+    // The connection's streams are dropped before its socket closes.
+    assert!(server.running.clients.is_empty(), "its stream is gone");
 }

@@ -158,6 +158,14 @@ struct ServeArgs {
     /// Largest request message accepted, in bytes; a larger one ends its stream.
     #[arg(long, default_value_t = crate::sds::SdsOptions::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// How often each SDS connection is sent an HTTP/2 PING (0s: never). A client that
+    /// leaves one unanswered for --keepalive-timeout is disconnected, which frees its
+    /// streams (and its share of --max-streams-per-client).
+    #[arg(long, default_value = "30s", value_parser = probe::parse_duration, value_name = "DURATION")]
+    keepalive_interval: std::time::Duration,
+    /// How long a client may take to answer a keepalive PING.
+    #[arg(long, default_value = "10s", value_parser = probe::parse_duration, value_name = "DURATION")]
+    keepalive_timeout: std::time::Duration,
     /// With --kube: the type of the condition trust-sds writes. `Ready` (the default, what
     /// the MCP gateway's operator guide expects) unless another controller already owns
     /// `Ready` on these objects; then e.g. `CACertificateReady`.
@@ -241,6 +249,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_streams_per_client,
         max_request_rate,
         max_request_bytes,
+        keepalive_interval,
+        keepalive_timeout,
         condition_type,
         verify_upstreams,
         verify_interval,
@@ -263,6 +273,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             request_rate: RateLimit::per_second(max_request_rate),
             max_request_bytes,
+            keepalive: (!keepalive_interval.is_zero()).then_some(
+                crate::sds::transport::keepalive::Keepalive {
+                    interval: keepalive_interval,
+                    // An answer cannot arrive in no time.
+                    timeout: keepalive_timeout.max(std::time::Duration::from_millis(100)),
+                },
+            ),
         },
         tls: match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {

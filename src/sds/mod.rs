@@ -46,6 +46,8 @@ pub struct SdsOptions {
     pub request_rate: limits::RateLimit,
     /// The largest request message accepted from a client (a larger one ends its stream).
     pub max_request_bytes: usize,
+    /// HTTP/2 pings that find dead peers; `None`: never ping.
+    pub keepalive: Option<transport::keepalive::Keepalive>,
 }
 
 impl SdsOptions {
@@ -62,6 +64,7 @@ impl Default for SdsOptions {
             streams: limits::StreamLimits::default(),
             request_rate: limits::RateLimit::default(),
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
+            keepalive: Some(transport::keepalive::Keepalive::DEFAULT),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! all; and the [`cork`] writes them with one call. The gRPC rules stay the transport's:
 //! trailers carry the status, a client without window gets nothing until it has some (then
 //! the newest snapshot), message sizes are checked on the prefix ([`requests`]), the
-//! stream limits and `max_concurrent_streams` hold, and shutdown sends GOAWAY and lets the
+//! stream limits and `max_concurrent_streams` hold, client pings are answered, a peer that
+//! stops answering ours is dropped ([`keepalive`]), and shutdown sends GOAWAY and lets the
 //! streams end with `OK`.
 //!
 //! Everything that is not a discovery stream (`FetchSecrets`, health, the admin service)
@@ -16,6 +17,7 @@
 //! its extensions.
 
 pub mod cork;
+pub mod keepalive;
 pub mod listen;
 pub mod requests;
 pub mod respond;
@@ -40,6 +42,7 @@ use super::delta::DeltaResponse;
 use super::grpc::{AdsGrpc, SdsGrpc};
 use super::service::{ResponseStream, SdsServer};
 use super::sotw::SotwResponse;
+use keepalive::{Keepalive, Pinger};
 use requests::Requests;
 
 /// The window each stream opens to its client. Requests are ACKs of ~100 bytes; a larger
@@ -57,6 +60,7 @@ pub struct Transport {
     other: Routes,
     h2: h2::server::Builder,
     max_request_bytes: usize,
+    keepalive: Option<Keepalive>,
 }
 
 /// The discovery streams, by gRPC method.
@@ -80,12 +84,14 @@ impl Discovery {
 }
 
 impl Transport {
-    /// `max_streams`: HTTP/2 streams a connection may open (`max_concurrent_streams`).
+    /// `max_streams`: HTTP/2 streams a connection may open (`max_concurrent_streams`);
+    /// `keepalive`: how connections are pinged (`None`: never).
     pub fn new(
         sds: SdsServer,
         other: Routes,
         max_request_bytes: usize,
         max_streams: Option<u32>,
+        keepalive: Option<Keepalive>,
     ) -> Arc<Self> {
         let mut h2 = h2::server::Builder::new();
         h2.initial_window_size(STREAM_WINDOW)
@@ -99,6 +105,7 @@ impl Transport {
             other,
             h2,
             max_request_bytes,
+            keepalive,
         })
     }
 
@@ -121,6 +128,9 @@ impl Transport {
             _ = stop.wait_for(|s| *s) => return,
         };
         let peer = Arc::new(peer);
+        let mut pinger = self
+            .keepalive
+            .and_then(|k| Some(Pinger::new(conn.ping_pong()?, k)));
         let mut streams = FuturesUnordered::<Task>::new();
         let mut stopping = pin!(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -131,6 +141,15 @@ impl Transport {
                 // GOAWAY: no new streams; the open ones end with OK as they see the stop.
                 conn.graceful_shutdown();
                 closing = true;
+            }
+            if let Some(pinger) = pinger.as_mut()
+                && pinger.poll_dead(cx).is_ready()
+            {
+                tracing::info!(
+                    peer = %peer.keys.connection,
+                    "no answer to a keepalive ping; closing the connection and its streams"
+                );
+                return Poll::Ready(());
             }
             cork.cork();
             self.accept(&mut conn, cx, &mut streams, &peer, &mut done);
