@@ -23,7 +23,11 @@ use trust_sds::server::ServeConfig;
 const SOTW: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 
 async fn server_with_a() -> TestServer {
-    let server = TestServer::start(UnknownNamePolicy::Hold).await;
+    with_a(TestServer::start(UnknownNamePolicy::Hold).await).await
+}
+
+/// `server`, serving registration `team/a` with its CA.
+async fn with_a(server: TestServer) -> TestServer {
     server
         .apply(vec![
             registration("team", "a", "a-ca"),
@@ -394,21 +398,14 @@ impl Frames {
 }
 
 async fn server_with_a_pinging(keepalive: Keepalive) -> TestServer {
-    let server = TestServer::start_with(ServeConfig {
+    let config = ServeConfig {
         sds: SdsOptions {
             keepalive: Some(keepalive),
             ..Default::default()
         },
         ..ServeConfig::default()
-    })
-    .await;
-    server
-        .apply(vec![
-            registration("team", "a", "a-ca"),
-            ca_secret("team", "a-ca", &Ca::root("a root").pem()),
-        ])
-        .await;
-    server
+    };
+    with_a(TestServer::start_with(config).await).await
 }
 
 const QUICK: Keepalive = Keepalive {
