@@ -69,6 +69,8 @@ pub struct Metrics {
     pub rejected_requests: Family<ApiLabels, Counter>,
     /// Streams refused or ended because a client broke a limit.
     pub limit_rejections: Family<LimitLabels, Counter>,
+    /// SDS connections closed because the client left a keepalive ping unanswered.
+    pub keepalive_timeouts: Counter,
     /// Seconds from a snapshot's publication to a stream writing its response.
     pub push_latency: Histogram,
     pub snapshots: Counter,
@@ -108,6 +110,7 @@ impl Metrics {
             source_stale: Gauge::default(),
             rejected_requests: Family::default(),
             limit_rejections: Family::default(),
+            keepalive_timeouts: Counter::default(),
             push_latency: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             snapshots: Counter::default(),
             bundle_expiry: Family::default(),
@@ -164,6 +167,11 @@ impl Metrics {
             "sds_limit_rejections",
             "Streams refused or closed because the client broke a limit, by limit",
             m.limit_rejections.clone(),
+        );
+        registry.register(
+            "sds_keepalive_timeouts",
+            "SDS connections closed because the client left a keepalive ping unanswered",
+            m.keepalive_timeouts.clone(),
         );
         registry.register(
             "sds_push_latency_seconds",

@@ -437,6 +437,7 @@ async fn a_client_that_answers_pings_keeps_its_connection() {
     }
     assert!(data > 0, "the stream got its bundle");
     assert_eq!(server.running.clients.len(), 1, "the stream is still open");
+    assert_eq!(server.running.metrics.keepalive_timeouts.get(), 0);
 }
 
 #[tokio::test]
@@ -459,4 +460,5 @@ async fn a_client_that_stops_answering_pings_is_disconnected_and_its_streams_end
     assert_eq!(pings, 1, "one unanswered ping is enough");
     // The connection's streams are dropped before its socket closes.
     assert!(server.running.clients.is_empty(), "its stream is gone");
+    assert_eq!(server.running.metrics.keepalive_timeouts.get(), 1);
 }

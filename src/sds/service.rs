@@ -66,6 +66,10 @@ impl SdsServer {
         }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Admits a stream (or refuses it with RESOURCE_EXHAUSTED) and returns its responses.
     ///
     /// There is no task or channel per stream: the response stream itself runs the state

@@ -145,6 +145,7 @@ impl Transport {
             if let Some(pinger) = pinger.as_mut()
                 && pinger.poll_dead(cx).is_ready()
             {
+                self.sds.metrics().keepalive_timeouts.inc();
                 tracing::info!(
                     peer = %peer.keys.connection,
                     "no answer to a keepalive ping; closing the connection and its streams"
