@@ -17,10 +17,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use trust_sds::model::Object;
 use trust_sds::pipeline::SourceEvent;
 use trust_sds::sds::clients::ClientInfo;
+use trust_sds::sds::transport::keepalive::Keepalive;
 use trust_sds::sds::{SECRET_TYPE_URL, UnknownNamePolicy};
 use trust_sds::server::{Running, ServeConfig};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Test servers ping every 50 ms (`serve`'s default is 30 s), so every client in the suite
+/// (Envoy, the client library, tonic and grpcio clients) gets a steady stream of keepalive
+/// pings while its test runs, and a client that took them for a flood or an error would
+/// break its test. (Whether pings are answered is `tests/transport.rs`'s business: most
+/// tests end long before a 10 s timeout.)
+pub const KEEPALIVE: Keepalive = Keepalive {
+    interval: Duration::from_millis(50),
+    timeout: TIMEOUT,
+};
 
 pub struct TestServer {
     pub running: Running,
@@ -45,7 +56,11 @@ impl TestServer {
         Self { running, events }
     }
 
-    pub async fn start_with(config: ServeConfig) -> Self {
+    /// `config` with the default keepalive gets [`KEEPALIVE`] instead.
+    pub async fn start_with(mut config: ServeConfig) -> Self {
+        if config.sds.keepalive == Some(Keepalive::DEFAULT) {
+            config.sds.keepalive = Some(KEEPALIVE);
+        }
         let (events, rx) = mpsc::channel(1024);
         let running = trust_sds::server::start(config, rx).await.expect("server");
         Self { running, events }
