@@ -324,13 +324,19 @@ pub fn delta(data: &[u8]) {
 /// The gRPC message framing of requests (`MessageBuffer`), fed a body in chunks of sizes
 /// the input chooses: the messages and the final error are the same however the bytes are
 /// split, an error is final, and after each drain the buffer holds less than one message
-/// of the limit (what bounds a hostile client). The first byte chooses the limit.
+/// of the limit (what bounds a hostile client). The first byte chooses the limit. The
+/// bytes are also decoded as one request, with prost and with the transport's decode,
+/// which must agree but for the node's bulk.
 pub fn grpc_frames(data: &[u8]) {
     use crate::sds::transport::requests::{MessageBuffer, PREFIX};
     let Some((&first, body)) = data.split_first() else {
         return;
     };
     let max = 16 + usize::from(first) * 8;
+    // The bytes as a message, and as the message after a prefix.
+    for message in [body, body.get(PREFIX..).unwrap_or_default()] {
+        decodes_as_prost_but_for_the_node(message);
+    }
     // What one drain yields: messages, then `Err(code)` if the stream must end.
     fn drain(buffer: &mut MessageBuffer, out: &mut Vec<Result<DiscoveryRequest, i32>>) -> bool {
         loop {
@@ -373,6 +379,27 @@ pub fn grpc_frames(data: &[u8]) {
     assert_eq!(whole_ok, split_ok);
     if whole_ok {
         assert_eq!(whole_left, buffer.len(), "the split left other bytes");
+    }
+}
+
+/// What prost decodes, the transport's decode (`sds::transport::trim`) decodes too, the
+/// same but for the node, which it reduces to its `id`.
+fn decodes_as_prost_but_for_the_node(bytes: &[u8]) {
+    use crate::sds::transport::trim::decode;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    let id_only = |node: Option<Node>| {
+        node.map(|n| Node {
+            id: n.id,
+            ..Default::default()
+        })
+    };
+    if let Ok(mut full) = DiscoveryRequest::decode(bytes) {
+        full.node = id_only(full.node);
+        assert_eq!(decode::<DiscoveryRequest>(bytes).ok(), Some(full));
+    }
+    if let Ok(mut full) = DeltaDiscoveryRequest::decode(bytes) {
+        full.node = id_only(full.node);
+        assert_eq!(decode::<DeltaDiscoveryRequest>(bytes).ok(), Some(full));
     }
 }
 

@@ -103,7 +103,7 @@ pub enum Ack {
 /// ([`service`]) runs either, and authorization asks it which names a request wants, so
 /// each xDS rule is written once, in the machine. Pure: no I/O, testable without gRPC.
 pub trait Subscription: Send + Unpin + 'static {
-    type Req: prost::Message + Default + Send + 'static;
+    type Req: transport::trim::Request + Send + 'static;
     type Resp: Send + 'static;
     /// Applies a request (ACK/NACK bookkeeping, subscription changes): what it meant, and
     /// a response when there is something to send.

@@ -21,6 +21,7 @@ pub mod keepalive;
 pub mod listen;
 pub mod requests;
 pub mod respond;
+pub mod trim;
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};

@@ -10,6 +10,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tonic::Status;
 
+use super::trim::{self, Request};
+
 /// Bytes of the gRPC message prefix: a compression flag and a big-endian length.
 pub const PREFIX: usize = 5;
 /// A drained buffer larger than this is freed: an idle stream holds none.
@@ -46,7 +48,7 @@ impl MessageBuffer {
     }
 
     /// The next whole message, if one is buffered. An error is final: the stream must end.
-    pub fn message<T: prost::Message + Default>(&mut self) -> Result<Option<T>, Status> {
+    pub fn message<T: Request>(&mut self) -> Result<Option<T>, Status> {
         let Some(prefix) = self.buf.get(..PREFIX) else {
             return Ok(None);
         };
@@ -75,8 +77,8 @@ impl MessageBuffer {
             return Ok(None);
         }
         // Decoded in place: splitting the buffer would make it shared, an allocation per
-        // request.
-        let message = T::decode(&self.buf[PREFIX..PREFIX + len])
+        // request. The node is reduced to its id ([`trim`]).
+        let message = trim::decode::<T>(&self.buf[PREFIX..PREFIX + len])
             .map_err(|e| Status::internal(format!("cannot decode the request: {e}")));
         self.buf.advance(PREFIX + len);
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
@@ -104,7 +106,7 @@ pub struct Requests<T> {
     _message: PhantomData<fn() -> T>,
 }
 
-impl<T: prost::Message + Default> Requests<T> {
+impl<T: Request> Requests<T> {
     pub fn new(body: h2::RecvStream, max: usize) -> Self {
         Self {
             body,
