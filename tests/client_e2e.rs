@@ -13,7 +13,7 @@ use support::pki::Ca;
 use support::sds::TestServer;
 use support::upstream::Upstream;
 use tokio::sync::broadcast;
-use trust_sds::client::{ClientOptions, Protocol, TrustClient, TrustEvent};
+use trust_sds::client::{ClientOptions, Connection, Protocol, TrustClient, TrustEvent};
 use trust_sds::probe::mcp_initialize;
 use trust_sds::server::{self, ServeConfig};
 
@@ -264,6 +264,8 @@ async fn server_restart_keeps_trust_then_resyncs() {
     let client = client(format!("http://{addr}"), Protocol::Delta);
     let mut events = client.events();
     client.wait_ready(Duration::from_secs(10)).await.unwrap();
+    // The state says what the events said, for a reader that subscribes late.
+    assert_eq!(client.connection(), Connection::Connected);
     let tls = client.client_config(NAME);
 
     first.running.shutdown().await;
@@ -276,6 +278,11 @@ async fn server_restart_keeps_trust_then_resyncs() {
         matches!(e, TrustEvent::Disconnected { reason } if reason.contains("Connection refused"))
     })
     .await;
+    assert!(
+        matches!(client.connection(), Connection::Disconnected { reason } if reason.contains("Connection refused")),
+        "{:?}",
+        client.connection()
+    );
     assert_eq!(
         mcp_initialize(URL, tls.clone(), Some(upstream.addr))
             .await

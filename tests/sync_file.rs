@@ -511,9 +511,10 @@ async fn once_fails_clearly_for_a_registration_that_is_not_served() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("ca.pem");
 
-    // The default server policy holds unknown names: the wait ends at --timeout. (Long
-    // enough for the process to start and connect while the whole suite runs on 2 cores:
-    // with 1s it once timed out before connecting, "no connection to trust-sds ... yet".)
+    // The default server policy holds unknown names: the wait ends at --timeout, and the
+    // message says the server is reached but does not serve the name. (It twice said "no
+    // connection to trust-sds ... yet" under the full suite: `sync` missed a `Connected`
+    // event sent before it subscribed. It now reads `TrustClient::connection` first.)
     once_fails(&server.url(),
         "mcp-demo/unknown",
         &out,

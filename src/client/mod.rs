@@ -15,6 +15,6 @@ mod store;
 mod subscriber;
 mod verifier;
 
-pub use store::{TrustEvent, TrustState, load_system_roots, verifier_for};
+pub use store::{Connection, TrustEvent, TrustState, load_system_roots, verifier_for};
 pub use subscriber::{ClientOptions, ClientTls, Protocol, TrustClient};
 pub use verifier::LiveVerifier;

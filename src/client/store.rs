@@ -36,6 +36,19 @@ pub enum TrustEvent {
     },
 }
 
+/// Where the subscription stands with trust-sds ([`super::TrustClient::connection`]): what
+/// the last `Connected` or `Disconnected` event said, for a reader that subscribed to the
+/// events after it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// No connection yet since the client started.
+    Connecting,
+    Connected,
+    Disconnected {
+        reason: String,
+    },
+}
+
 /// The trust in force for one name.
 #[derive(Clone)]
 pub struct TrustState {
@@ -65,6 +78,7 @@ pub(crate) struct Stores {
     pub(crate) events: broadcast::Sender<TrustEvent>,
     /// Number of names that have trust; readiness is "all of them".
     pub(crate) ready: watch::Sender<usize>,
+    pub(crate) connection: watch::Sender<Connection>,
 }
 
 impl Stores {
@@ -78,6 +92,7 @@ impl Stores {
             by_name: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(64).0,
             ready: watch::channel(0).0,
+            connection: watch::channel(Connection::Connecting).0,
         }
     }
 

@@ -17,7 +17,7 @@ use rustls::ClientConfig;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::store::{Stores, TrustEvent, TrustState};
+use super::store::{Connection, Stores, TrustEvent, TrustState};
 use super::verifier::LiveVerifier;
 use crate::xds::SECRET_TYPE_URL;
 
@@ -127,8 +127,15 @@ impl TrustClient {
         self.stores.get(name)
     }
 
+    /// The events from now on (a receiver misses what was sent before it subscribed;
+    /// [`Self::connection`] holds what the connection events said).
     pub fn events(&self) -> broadcast::Receiver<TrustEvent> {
         self.stores.events.subscribe()
+    }
+
+    /// The connection as the last `Connected`/`Disconnected` event said.
+    pub fn connection(&self) -> Connection {
+        self.stores.connection.borrow().clone()
     }
 
     /// Every subscribed name has trust.
@@ -163,6 +170,9 @@ async fn run(options: ClientOptions, stores: Arc<Stores>) {
             backoff = options.initial_backoff;
         }
         tracing::info!(endpoint = %options.endpoint, %reason, retry_in = ?backoff, "SDS stream lost; keeping last good trust");
+        stores.connection.send_replace(Connection::Disconnected {
+            reason: reason.clone(),
+        });
         let _ = stores.events.send(TrustEvent::Disconnected { reason });
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(options.max_backoff);
@@ -233,6 +243,7 @@ async fn session(options: &ClientOptions, stores: &Stores) -> Result<(), Session
         .await
         .map_err(|e| fail(format!("connect: {}", with_causes(&e))))?;
     let mut client = SecretDiscoveryServiceClient::new(channel);
+    stores.connection.send_replace(Connection::Connected);
     let _ = stores.events.send(TrustEvent::Connected);
     match options.protocol {
         Protocol::Delta => delta_session(&mut client, options, stores).await,

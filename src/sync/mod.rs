@@ -26,7 +26,7 @@ pub use file::{OnDisk, OutFile, Refusal};
 pub use health::FileState;
 pub use hooks::{Change, Hooks, NamedSignal, parse_signal};
 
-use crate::client::{ClientOptions, TrustClient, TrustEvent, TrustState};
+use crate::client::{ClientOptions, Connection, TrustClient, TrustEvent, TrustState};
 
 /// Everything `trust-sds sync` needs.
 #[derive(Clone, Debug)]
@@ -145,6 +145,13 @@ impl Mirror {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
         let mut events = client.events();
+        // Subscribed first, then read: a connection made before the subscription (the
+        // client starts connecting at once) is in the state, later changes in the events.
+        self.link = match client.connection() {
+            Connection::Connecting => Link::Connecting,
+            Connection::Connected => Link::Up,
+            Connection::Disconnected { reason } => Link::Down(reason),
+        };
         let deadline = once.map(|t| (Instant::now() + t, t));
         let mut retry = RETRY_FIRST;
         tokio::pin!(shutdown);
