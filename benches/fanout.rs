@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{Extension, Node};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -584,7 +584,10 @@ fn main() {
     // with clients that do the same (FANOUT_ONLY=envoy-node runs only this,
     // FANOUT_ONLY=envoy-node,trust-sds only its trust-sds row).
     if !quick && only.as_ref().is_none_or(|o| o[0] == "envoy-node") {
-        let node = envoy_like_node();
+        let node = trust_sds::fuzzing::envoy_like_node(
+            "router~10.0.0.1~mcp-gateway-envoy.mcp-system~mcp-system.svc.cluster.local",
+            516,
+        );
         println!(
             "clients that send a node like Envoy's ({} extensions, {} bytes) in every request:",
             node.extensions.len(),
@@ -657,27 +660,6 @@ fn compare(
             ours.cpu_per_update.as_secs_f64() / other.cpu_per_update.as_secs_f64().max(1e-9),
             ours.rss_per_stream / other.rss_per_stream.max(1e-9)
         );
-    }
-}
-
-/// A node shaped like the one Envoy 1.40 sends: 516 extensions (Envoy's own node, as
-/// `tests/envoy_conformance.rs`'s Envoy sent it, is about 61 KB; this one about 70 KB).
-fn envoy_like_node() -> Node {
-    Node {
-        id: "router~10.0.0.1~mcp-gateway-envoy.mcp-system~mcp-system.svc.cluster.local".into(),
-        cluster: "mcp-gateway".into(),
-        user_agent_name: "envoy".into(),
-        extensions: (0..516)
-            .map(|i| Extension {
-                name: format!("envoy.filters.http.extension_number_{i}"),
-                category: "envoy.filters.http".into(),
-                type_urls: vec![format!(
-                    "type.googleapis.com/envoy.extensions.filters.http.extension_{i}.v3.Config"
-                )],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
     }
 }
 

@@ -82,7 +82,7 @@ pub async fn run(
         hooks,
         state: state_tx,
         removal_seen: false,
-        link: Link::Connecting,
+        link: Connection::Connecting,
         rejected: None,
     };
     let result = mirror.follow(&client, once, &endpoint, shutdown).await;
@@ -103,13 +103,6 @@ fn check_out_path(out: &OutFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The connection to trust-sds, as the events tell it (for logs and the `--once` error).
-enum Link {
-    Connecting,
-    Up,
-    Down(String),
-}
-
 /// The file, kept equal to the trust in force.
 struct Mirror {
     name: String,
@@ -119,7 +112,9 @@ struct Mirror {
     /// The server said the name is not served (withdrawn, or not found) since the last
     /// reconcile: a file left by an earlier run is removed too.
     removal_seen: bool,
-    link: Link,
+    /// The connection to trust-sds, as the client and its events tell it (for logs and
+    /// the `--once` error).
+    link: Connection,
     /// Why the last bundle served for the name was refused (for the `--once` error).
     rejected: Option<String>,
 }
@@ -147,11 +142,7 @@ impl Mirror {
         let mut events = client.events();
         // Subscribed first, then read: a connection made before the subscription (the
         // client starts connecting at once) is in the state, later changes in the events.
-        self.link = match client.connection() {
-            Connection::Connecting => Link::Connecting,
-            Connection::Connected => Link::Up,
-            Connection::Disconnected { reason } => Link::Down(reason),
-        };
+        self.link = client.connection();
         let deadline = once.map(|t| (Instant::now() + t, t));
         let mut retry = RETRY_FIRST;
         tokio::pin!(shutdown);
@@ -203,16 +194,16 @@ impl Mirror {
                 self.rejected = Some(reason)
             }
             Ok(TrustEvent::Connected) => {
-                if matches!(self.link, Link::Down(_)) {
+                if matches!(self.link, Connection::Disconnected { .. }) {
                     tracing::info!("reconnected to trust-sds");
                 }
-                self.link = Link::Up;
+                self.link = Connection::Connected;
             }
             Ok(TrustEvent::Disconnected { reason }) => {
-                if !matches!(self.link, Link::Down(_)) {
+                if !matches!(self.link, Connection::Disconnected { .. }) {
                     tracing::warn!(%reason, "trust-sds unreachable; {}; retrying", self.keeping());
                 }
-                self.link = Link::Down(reason);
+                self.link = Connection::Disconnected { reason };
             }
             // A lagged receiver lost events, not state: the next reconcile reads the state.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -247,9 +238,11 @@ impl Mirror {
                 "the bundle trust-sds at {endpoint} serves was refused: {}",
                 self.rejected.as_deref().unwrap_or_default()
             ),
-            Link::Down(reason) => format!("trust-sds at {endpoint} is unreachable: {reason}"),
-            Link::Connecting => format!("no connection to trust-sds at {endpoint} yet"),
-            Link::Up => format!(
+            Connection::Disconnected { reason } => {
+                format!("trust-sds at {endpoint} is unreachable: {reason}")
+            }
+            Connection::Connecting => format!("no connection to trust-sds at {endpoint} yet"),
+            Connection::Connected => format!(
                 "trust-sds at {endpoint} does not serve it: is the name <namespace>/<registration> \
                  and is the registration Ready (`trust-sds status`)?"
             ),

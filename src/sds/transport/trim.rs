@@ -167,25 +167,10 @@ impl Iterator for Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension};
 
     /// A node shaped like Envoy's: an id, a cluster, and hundreds of extensions.
     fn envoy_like_node(id: &str) -> Node {
-        Node {
-            id: id.into(),
-            cluster: "gateway".into(),
-            user_agent_name: "envoy".into(),
-            extensions: (0..516)
-                .map(|i| Extension {
-                    name: format!("envoy.extension.number_{i}"),
-                    category: "envoy.filters.http".into(),
-                    version: Some(BuildVersion::default()),
-                    type_urls: vec![format!("type.googleapis.com/envoy.Extension{i}")],
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
+        crate::fuzzing::envoy_like_node(id, 516)
     }
 
     fn trimmed(node: &Node) -> Node {
