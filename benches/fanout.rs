@@ -87,6 +87,7 @@ fn child(kind: &str, bundle_bytes: usize, rotations: usize, registrations: usize
         let stdin = spawn_stdin();
         match kind {
             "trust-sds" => trust_sds_child(bundles, registrations, stdin).await,
+            FLOOR => floor::child(bundles, stdin).await,
             _ => baseline_child(bundles, stdin).await,
         }
     });
@@ -273,6 +274,168 @@ async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>)
     say(format!("ready {addr}"));
     while let Some(i) = next_rotation(&mut stdin).await {
         tx.send_replace(encode(i));
+    }
+}
+
+/// The transport floor: trust-sds's way of serving HTTP/2 (one task per connection with
+/// its streams polled inside it, corked writes, the same h2 settings) with no xDS at all.
+/// Every stream is sent the same pre-encoded message on each rotation, and its requests are
+/// read (their window returned) but never decoded. What trust-sds costs above this row is
+/// what its logic costs: decoding requests, ACK and NACK bookkeeping, the per-stream view,
+/// encoding, limits and metrics.
+mod floor {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use futures::stream::FuturesUnordered;
+    use tokio_stream::wrappers::WatchStream;
+    use trust_sds::sds::transport::cork;
+
+    use super::*;
+
+    /// The whole gRPC message of rotation `i`: prefix and `DiscoveryResponse`.
+    fn message(bundles: &[String], i: usize) -> Bytes {
+        let secret = trust_sds::sds::encode::to_secret(
+            NAME,
+            &trust_sds::validation::validate_data(
+                trust_sds::validation::Subject::GatewayBundle,
+                bundles[i].as_bytes(),
+            )
+            .unwrap(),
+        );
+        let response = DiscoveryResponse {
+            version_info: format!("v{i}"),
+            resources: vec![Any {
+                type_url: SECRET_TYPE_URL.into(),
+                value: secret.encode_to_vec(),
+            }],
+            type_url: SECRET_TYPE_URL.into(),
+            nonce: "1".into(),
+            ..Default::default()
+        };
+        let body = response.encode_to_vec();
+        let mut framed = Vec::with_capacity(5 + body.len());
+        framed.push(0);
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        Bytes::from(framed)
+    }
+
+    pub async fn child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>) {
+        let (tx, rx) = watch::channel(message(&bundles, 0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(tcp, rx.clone()));
+            }
+        });
+        say("cold_start_us 0 0".into());
+        say(format!("ready {addr}"));
+        while let Some(i) = next_rotation(&mut stdin).await {
+            tx.send_replace(message(&bundles, i));
+        }
+    }
+
+    type Task = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    async fn connection(tcp: tokio::net::TcpStream, current: watch::Receiver<Bytes>) {
+        let (corked, cork) = cork::wrap(tcp);
+        let mut h2 = h2::server::Builder::new();
+        h2.initial_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .max_header_list_size(16 * 1024);
+        let Ok(mut conn) = h2.handshake::<_, Bytes>(corked).await else {
+            return;
+        };
+        let mut streams = FuturesUnordered::<Task>::new();
+        let mut done = false;
+        let accept = |conn: &mut h2::server::Connection<_, Bytes>,
+                      cx: &mut std::task::Context<'_>,
+                      streams: &mut FuturesUnordered<Task>,
+                      done: &mut bool| {
+            let mut accepted = false;
+            while !*done {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((request, respond)))) => {
+                        streams.push(Box::pin(stream(
+                            request.into_body(),
+                            respond,
+                            current.clone(),
+                        )));
+                        accepted = true;
+                    }
+                    Poll::Ready(_) => *done = true,
+                    Poll::Pending => break,
+                }
+            }
+            accepted
+        };
+        poll_fn(|cx| {
+            cork.cork();
+            accept(&mut conn, cx, &mut streams, &mut done);
+            while !done {
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                if !accept(&mut conn, cx, &mut streams, &mut done) {
+                    break;
+                }
+            }
+            cork.uncork();
+            if let Poll::Ready(Err(_)) = cork.poll_flush(cx) {
+                return Poll::Ready(());
+            }
+            if done { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+    }
+
+    async fn stream(
+        mut body: h2::RecvStream,
+        mut respond: h2::server::SendResponse<Bytes>,
+        mut current: watch::Receiver<Bytes>,
+    ) {
+        // The first request, then a push per rotation; requests are read and dropped.
+        match body.data().await {
+            Some(Ok(data)) => {
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            _ => return,
+        }
+        let mut response = http::Response::new(());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let Ok(mut send) = respond.send_response(response, false) else {
+            return;
+        };
+        let mut message = current.borrow_and_update().clone();
+        let mut changes = WatchStream::from_changes(current);
+        loop {
+            if send.send_data(message, false).is_err() {
+                return;
+            }
+            let next = poll_fn(|cx| {
+                loop {
+                    match body.poll_data(cx) {
+                        Poll::Ready(Some(Ok(data))) => {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        Poll::Ready(_) => return Poll::Ready(None),
+                        Poll::Pending => break,
+                    }
+                }
+                changes.poll_next_unpin(cx)
+            })
+            .await;
+            match next {
+                Some(next) => message = next,
+                None => return,
+            }
+        }
     }
 }
 
@@ -496,6 +659,8 @@ async fn run_case(
 
 /// The go-control-plane peer's row name.
 const PEER: &str = "gcp";
+/// The transport floor's row name (see [`floor`]).
+const FLOOR: &str = "h2-floor";
 
 /// Builds the go-control-plane peer (`benches/gcp`) once per run; Go's build cache makes
 /// later runs quick.
@@ -611,7 +776,7 @@ fn main() {
     }
 }
 
-const KINDS: [&str; 3] = ["trust-sds", "baseline", PEER];
+const KINDS: [&str; 4] = ["trust-sds", "baseline", PEER, FLOOR];
 
 /// Runs one case (streams, connections, bundle bytes) for each of `kinds`: a row each, then
 /// the ratios of trust-sds to the others.
@@ -652,14 +817,28 @@ fn compare(
     let Some((_, ours)) = row.iter().find(|(kind, _)| *kind == "trust-sds") else {
         return;
     };
-    for (kind, other) in row.iter().filter(|(kind, _)| *kind != "trust-sds") {
+    // The clients do the same work against every server, so the server's CPU per unit of
+    // the clients' CPU cancels out the drift in this machine's speed between two rows.
+    let per_client = |f: &Figures| {
+        f.cpu_per_update.as_secs_f64() / f.client_cpu_per_update.as_secs_f64().max(1e-9)
+    };
+    let ratio = |name: &str, ours: &Figures, other: &Figures, to: &str| {
         println!(
-            "{:<10} ratio trust-sds/{kind}: median {:.2}x, cpu/update {:.2}x, memory/stream {:.2}x",
+            "{:<10} ratio {name}/{to}: median {:.2}x, cpu/update {:.2}x ({:.2}x per clients' cpu), memory/stream {:.2}x",
             "",
             ours.median.as_secs_f64() / other.median.as_secs_f64(),
             ours.cpu_per_update.as_secs_f64() / other.cpu_per_update.as_secs_f64().max(1e-9),
+            per_client(ours) / per_client(other).max(1e-9),
             ours.rss_per_stream / other.rss_per_stream.max(1e-9)
         );
+    };
+    for (kind, other) in row.iter().filter(|(kind, _)| *kind != "trust-sds") {
+        ratio("trust-sds", ours, other, kind);
+    }
+    // How far below the baseline the transport alone goes: the bound on trust-sds's ratios.
+    let find = |name: &str| row.iter().find(|(kind, _)| *kind == name).map(|(_, f)| f);
+    if let (Some(floor), Some(baseline)) = (find(FLOOR), find("baseline")) {
+        ratio(FLOOR, floor, baseline, "baseline");
     }
 }
 

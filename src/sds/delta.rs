@@ -31,6 +31,8 @@ pub struct DeltaStream {
     /// most one entry per subscribed name.
     unanswered: HashMap<Arc<str>, Arc<str>>,
     started: bool,
+    /// Moves when a request subscribes or unsubscribes ([`Subscription::subscription_seq`]).
+    subscription_seq: u64,
     policy: UnknownNamePolicy,
     allow_empty_type: bool,
 }
@@ -144,7 +146,7 @@ impl Subscription for DeltaStream {
             if req.response_nonce.parse::<u64>() == Ok(self.nonce) {
                 std::mem::take(&mut self.unanswered).into_iter().collect()
             } else {
-                Answered::new()
+                Answered::default()
             }
         };
         let ack = match (&req.error_detail, req.response_nonce.as_str()) {
@@ -160,6 +162,12 @@ impl Subscription for DeltaStream {
                 answers: answers(),
             },
         };
+        if !self.started
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            self.subscription_seq += 1;
+        }
         // The rule authorization asks too (`requested`): one place says what a wildcard is.
         if self.wants_wildcard(req) {
             self.wildcard = true;
@@ -235,8 +243,8 @@ impl Subscription for DeltaStream {
         req.resource_names_subscribe.len() + req.initial_resource_versions.len()
     }
 
-    fn changes_subscription(req: &DeltaDiscoveryRequest, _: &[String]) -> bool {
-        !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty()
+    fn subscription_seq(&self) -> u64 {
+        self.subscription_seq
     }
 
     fn subscription(&self) -> (Vec<String>, bool) {
@@ -348,11 +356,12 @@ mod tests {
             "{ack:?}"
         );
         let (ack, _) = s.on_request(&request(&[], &[], "2"), &now);
-        let Ack::Ack { mut answers, .. } = ack else {
+        let Ack::Ack { answers, .. } = ack else {
             panic!("{ack:?}")
         };
+        let mut answers = answers.to_vec();
         answers.sort();
-        let want: Answered = vec![("a/1".into(), "v2".into()), ("b/1".into(), "v1".into())];
+        let want = vec![("a/1".into(), "v2".into()), ("b/1".into(), "v1".into())];
         assert_eq!(answers, want, "the newest version of each name sent");
     }
 

@@ -263,6 +263,15 @@ pub type EncodedResources = imbl::HashMap<Arc<str>, Arc<EncodedResource>>;
 pub struct SdsSnapshot {
     pub resources: EncodedResources,
     pub published: Instant,
+    /// Unique to this snapshot (process-wide, never reused): a stream that found its last
+    /// response current against a generation need not look again while it is the newest.
+    pub generation: u64,
+}
+
+/// The next snapshot generation (from 1).
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Default for SdsSnapshot {
@@ -270,6 +279,7 @@ impl Default for SdsSnapshot {
         Self {
             resources: EncodedResources::new(),
             published: Instant::now(),
+            generation: next_generation(),
         }
     }
 }
@@ -289,7 +299,7 @@ impl SdsSnapshot {
             .collect();
         Self {
             resources,
-            published: Instant::now(),
+            ..Self::default()
         }
     }
 
@@ -312,7 +322,7 @@ impl SdsSnapshot {
         }
         Self {
             resources,
-            published: Instant::now(),
+            ..Self::default()
         }
     }
 }

@@ -76,8 +76,9 @@ pub fn accepts_type(type_url: &str, allow_empty: bool) -> bool {
 }
 
 /// The (name, version) pairs a reply answers: what the client now holds (ACK) or refused
-/// (NACK), for the delivery report.
-pub type Answered = Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>;
+/// (NACK), for the delivery report. Shared: a SotW stream's ACK answers exactly what its
+/// last response carried, which the stream keeps in this form.
+pub type Answered = std::sync::Arc<[(std::sync::Arc<str>, std::sync::Arc<str>)]>;
 
 /// What a request meant, for logs, metrics and the client registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,15 +123,17 @@ pub trait Subscription: Send + Unpin + 'static {
     /// Whether a request only answers a response (ACK/NACK) and leaves the subscription as
     /// it is: the only kind of request a response pays for (see `RequestBudget`).
     fn is_reply(&self, req: &Self::Req) -> bool;
-    /// Whether the request may change the subscription the registry shows.
-    fn changes_subscription(req: &Self::Req, shown: &[String]) -> bool;
+    /// A count that moves whenever the subscription (names, wildcard) may have changed: the
+    /// stream driver re-reads [`Self::subscription`] only then, rather than comparing name
+    /// lists on every ACK.
+    fn subscription_seq(&self) -> u64;
     /// The subscribed names, and whether it is a wildcard.
     fn subscription(&self) -> (Vec<String>, bool);
     fn resource_count(resp: &Self::Resp) -> usize;
     /// Versions the request says the client already holds (Delta's
     /// `initial_resource_versions`), for the delivery report.
     fn claimed(&self, _req: &Self::Req) -> Answered {
-        Vec::new()
+        Answered::default()
     }
 }
 

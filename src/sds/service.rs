@@ -178,6 +178,9 @@ struct SdsStream<M: Subscription> {
     listener: Listener,
     /// The names the listener wants (`None` before the first request).
     wants: Option<(Vec<String>, bool)>,
+    /// The machine's [`Subscription::subscription_seq`] when the listener and the registry
+    /// last took its subscription (`None` before the first request).
+    followed: Option<u64>,
     metrics: StreamMetrics,
     budget: RequestBudget,
     entry: ClientEntry,
@@ -234,6 +237,7 @@ impl<M: Subscription> SdsStream<M> {
             snapshots: inner.feed.snapshots.clone(),
             listener: inner.feed.interest.listen(),
             wants: None,
+            followed: None,
             budget: RequestBudget::new(inner.options.request_rate),
             inner,
             api,
@@ -331,11 +335,10 @@ impl<M: Subscription> SdsStream<M> {
         }
     }
 
-    /// Keeps the names the stream is woken for equal to its subscription.
-    fn follow(&mut self, request: &M::Req) {
-        if let Some((names, _)) = &self.wants
-            && !M::changes_subscription(request, names)
-        {
+    /// Keeps the names the stream is woken for equal to its subscription (`changed`: the
+    /// subscription may have changed since the last request).
+    fn follow(&mut self, changed: bool) {
+        if !changed {
             return;
         }
         let wanted = self.machine.subscription();
@@ -351,12 +354,13 @@ impl<M: Subscription> SdsStream<M> {
         }
     }
 
-    /// Logs, counts and records in the client registry what a request meant. The first
-    /// request always sets the subscription shown (a Delta stream that names nothing in it
-    /// is a wildcard, which no later request need repeat).
-    fn record(&self, request: &M::Req, ack: &Ack, first: bool) {
+    /// Logs, counts and records in the client registry what a request meant. The
+    /// subscription shown is set when it may have changed (`changed`), always on the first
+    /// request (a Delta stream that names nothing in it is a wildcard, which no later
+    /// request need repeat).
+    fn record(&self, request: &M::Req, ack: Ack, changed: bool) {
         let (metrics, api, machine) = (&self.metrics, self.api, &self.machine);
-        match ack {
+        match &ack {
             Ack::Ack { .. } => {
                 metrics.acks.inc();
             }
@@ -386,7 +390,7 @@ impl<M: Subscription> SdsStream<M> {
         if let Some(node) = M::node(request).filter(|n| !n.is_empty() && *n != info.node) {
             info.node = node.to_owned();
         }
-        if first || M::changes_subscription(request, &info.names) {
+        if changed {
             let (names, wildcard) = machine.subscription();
             info.names = names;
             info.wildcard = wildcard;
@@ -398,13 +402,14 @@ impl<M: Subscription> SdsStream<M> {
                 delivery.retain_sorted(names);
             }
         }
-        info.delivery.update(claimed, |_, delivered, version| {
-            delivered.held = Some(version)
-        });
+        info.delivery
+            .update(claimed.iter().cloned(), |_, delivered, version| {
+                delivered.held = Some(version)
+            });
         let mut rejected = Vec::new();
         match ack {
             Ack::Ack { version, answers } => {
-                info.acked = Some(version.clone());
+                info.acked = Some(version);
                 info.delivery
                     .update(answers.iter().cloned(), |_, delivered, version| {
                         delivered.held = Some(version)
@@ -416,8 +421,8 @@ impl<M: Subscription> SdsStream<M> {
                 answers,
                 ..
             } => {
-                info.nacked = Some(version.clone());
                 info.nack_message = Some(message.clone());
+                info.nacked = Some(version);
                 info.nacks += 1;
                 // What the reply answers and the client does not already hold is what it
                 // refused (a Delta NACK answers every resource of its response).
@@ -501,9 +506,11 @@ impl<M: Subscription> SdsStream<M> {
         }
         let snap = self.snapshots.borrow_and_update().clone();
         let (ack, response) = self.machine.on_request(&request, &snap);
-        let first = self.wants.is_none();
-        self.follow(&request);
-        self.record(&request, &ack, first);
+        let seq = Some(self.machine.subscription_seq());
+        let changed = self.followed != seq;
+        self.followed = seq;
+        self.follow(changed);
+        self.record(&request, ack, changed);
         // Answers to requests are not pushes: no latency sample.
         match response {
             Some(r) => Step::Respond(r, None),

@@ -23,8 +23,14 @@ pub struct SotwStream {
     /// Sorted, each once.
     names: Vec<String>,
     wildcard: bool,
-    /// (name, version) in the last response, sorted by name.
-    sent: Vec<(Arc<str>, Arc<str>)>,
+    /// (name, version) in the last response, sorted by name; shared with the reply that
+    /// answers it.
+    sent: Answered,
+    /// The generation of the newest snapshot `sent` was found current against (`0`: none
+    /// since the subscription last changed): an ACK then needs no lookup at all.
+    current_at: u64,
+    /// Moves when the subscription is set ([`Subscription::subscription_seq`]).
+    subscription_seq: u64,
     /// The nonce of the last response (`0`: none sent yet).
     nonce: u64,
     started: bool,
@@ -140,7 +146,8 @@ impl SotwStream {
     }
 
     fn respond(&mut self, snap: &SdsSnapshot) -> Option<SotwResponse> {
-        if !self.wildcard && self.sent_is_current(snap) {
+        if !self.wildcard && (self.current_at == snap.generation || self.sent_is_current(snap)) {
+            self.current_at = snap.generation;
             return None;
         }
         // The subscribed resources that exist, in name order. `names` is sorted already; the
@@ -158,7 +165,7 @@ impl SotwStream {
         let unchanged = view.len() == self.sent.len()
             && view
                 .iter()
-                .zip(&self.sent)
+                .zip(self.sent.iter())
                 .all(|((n, r), (m, v))| n == &m && r.version == *v);
         if unchanged {
             return None;
@@ -172,6 +179,7 @@ impl SotwStream {
             .iter()
             .map(|(n, r)| ((*n).clone(), r.version.clone()))
             .collect();
+        self.current_at = snap.generation;
         if !changed {
             return None;
         }
@@ -190,11 +198,11 @@ impl SotwStream {
     /// The response version: the resource's own content hash for a single resource, else a
     /// hash of every (name, version) pair. Content-derived, so stable across restarts.
     fn version_info(&self) -> String {
-        if let [(_, version)] = self.sent.as_slice() {
+        if let [(_, version)] = &*self.sent {
             return version.to_string();
         }
         let mut joined = String::new();
-        for (n, v) in &self.sent {
+        for (n, v) in self.sent.iter() {
             joined.push_str(n);
             joined.push('=');
             joined.push_str(v);
@@ -243,11 +251,17 @@ impl Subscription for SotwStream {
         self.named |= !req.resource_names.is_empty();
         self.wildcard = wildcard;
         self.names = names;
+        self.subscription_seq += 1;
+        self.current_at = 0;
         // Names no longer subscribed are forgotten, so a later re-subscription is answered.
         if !self.wildcard {
             let names = &self.names;
-            self.sent
-                .retain(|(n, _)| names.binary_search_by(|m| m.as_str().cmp(n)).is_ok());
+            self.sent = self
+                .sent
+                .iter()
+                .filter(|(n, _)| names.binary_search_by(|m| m.as_str().cmp(n)).is_ok())
+                .cloned()
+                .collect();
         }
         (ack, self.respond(snap))
     }
@@ -282,8 +296,8 @@ impl Subscription for SotwStream {
         !req.response_nonce.is_empty() && self.is_same_subscription(req)
     }
 
-    fn changes_subscription(req: &DiscoveryRequest, shown: &[String]) -> bool {
-        req.resource_names != shown
+    fn subscription_seq(&self) -> u64 {
+        self.subscription_seq
     }
 
     fn subscription(&self) -> (Vec<String>, bool) {
