@@ -12,13 +12,15 @@
 //! The peer is go-control-plane (`benches/gcp`: its snapshot cache behind its xDS server,
 //! as Istio, Envoy Gateway and most Go control planes serve xDS), built here with `go
 //! build` from pinned modules and given the same bundles (as files), the same number of
-//! registrations and the same rotations. Every case prints the three rows and the ratios
+//! registrations and the same rotations. Every case prints a row per server and the ratios
 //! of trust-sds to each.
 //!
 //! Envoy puts its whole node (516 extensions, about 61 KB) into every request, ACKs
 //! included; the 1,000-stream, 2 KiB case runs again with clients that do the same
-//! (trust-sds and the baseline; resident memory then mostly shows what the allocator kept
-//! of the requests).
+//! (resident memory then mostly shows what the allocator kept of the requests).
+//!
+//! The h2-floor row is trust-sds's transport with no xDS logic (see `floor`): what is left
+//! of trust-sds's cost once its logic is taken away, and so the bound on its ratios.
 //!
 //! "clients cpu" is this process's CPU per update while the rotations run: the clients
 //! share the machine's cores with the server, so change-to-last-stream latency includes
@@ -759,9 +761,7 @@ fn main() {
             node.encoded_len()
         );
         let case = (1_000, 10, 2 * 1024);
-        // Not the Go peer: with these requests its streams did not all open within the
-        // bench's 120 s (not investigated yet).
-        let kinds: Vec<&str> = ["trust-sds", "baseline"]
+        let kinds: Vec<&str> = ["trust-sds", "baseline", PEER]
             .into_iter()
             .filter(|kind| {
                 only.as_ref()

@@ -50,6 +50,12 @@ func secret(name, pem string) *tlsv3.Secret {
 	}
 }
 
+// everyNode keys every client to the same snapshot. The cache's IDHash keys by node id,
+// and the clients that send an Envoy-like node would find no snapshot under theirs.
+type everyNode struct{}
+
+func (everyNode) ID(*corev3.Node) string { return "" }
+
 func main() {
 	if len(os.Args) != 3 {
 		log.Fatal("usage: gcp-sds-bench DIR REGISTRATIONS")
@@ -67,8 +73,8 @@ func main() {
 		return string(b)
 	}
 	ctx := context.Background()
-	// ads=false; IDHash keys snapshots by node id (the bench's clients send none: "").
-	snapshots := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	// ads=false; one snapshot for every node, as trust-sds serves every client by name.
+	snapshots := cachev3.NewSnapshotCache(false, everyNode{}, nil)
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
