@@ -280,7 +280,8 @@ async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>)
 }
 
 /// The transport floor: trust-sds's way of serving HTTP/2 (one task per connection with
-/// its streams polled inside it, corked writes, the same h2 settings) with no xDS at all.
+/// its streams polled inside it, corked writes, the same h2 settings, the same wakeups)
+/// with no xDS at all.
 /// Every stream is sent the same pre-encoded message on each rotation, and its requests are
 /// read (their window returned) but never decoded. What trust-sds costs above this row is
 /// what its logic costs: decoding requests, ACK and NACK bookkeeping, the per-stream view,
@@ -292,7 +293,7 @@ mod floor {
     use bytes::Bytes;
     use futures::StreamExt;
     use futures::stream::FuturesUnordered;
-    use tokio_stream::wrappers::WatchStream;
+    use trust_sds::sds::interest::Interest;
     use trust_sds::sds::transport::cork;
 
     use super::*;
@@ -327,24 +328,32 @@ mod floor {
 
     pub async fn child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>) {
         let (tx, rx) = watch::channel(message(&bundles, 0));
+        let interest = Arc::new(Interest::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let streams = interest.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(connection(tcp, rx.clone()));
+                tokio::spawn(connection(tcp, rx.clone(), streams.clone()));
             }
         });
         say("cold_start_us 0 0".into());
         say(format!("ready {addr}"));
+        let changed = [Arc::from(NAME)];
         while let Some(i) = next_rotation(&mut stdin).await {
             tx.send_replace(message(&bundles, i));
+            interest.notify(&changed);
         }
     }
 
     type Task = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-    async fn connection(tcp: tokio::net::TcpStream, current: watch::Receiver<Bytes>) {
+    async fn connection(
+        tcp: tokio::net::TcpStream,
+        current: watch::Receiver<Bytes>,
+        interest: Arc<Interest>,
+    ) {
         let (corked, cork) = cork::wrap(tcp);
         let mut h2 = h2::server::Builder::new();
         h2.initial_window_size(256 * 1024)
@@ -367,6 +376,7 @@ mod floor {
                             request.into_body(),
                             respond,
                             current.clone(),
+                            interest.clone(),
                         )));
                         accepted = true;
                     }
@@ -397,7 +407,8 @@ mod floor {
     async fn stream(
         mut body: h2::RecvStream,
         mut respond: h2::server::SendResponse<Bytes>,
-        mut current: watch::Receiver<Bytes>,
+        current: watch::Receiver<Bytes>,
+        interest: Arc<Interest>,
     ) {
         // The first request, then a push per rotation; requests are read and dropped.
         match body.data().await {
@@ -414,28 +425,29 @@ mod floor {
         let Ok(mut send) = respond.send_response(response, false) else {
             return;
         };
-        let mut message = current.borrow_and_update().clone();
-        let mut changes = WatchStream::from_changes(current);
+        // Woken as trust-sds's streams are: by the name's signal.
+        let wakeups = interest.listen();
+        wakeups.want(&[NAME.to_owned()], false);
         loop {
+            let message = current.borrow().clone();
             if send.send_data(message, false).is_err() {
                 return;
             }
-            let next = poll_fn(|cx| {
+            let open = poll_fn(|cx| {
                 loop {
                     match body.poll_data(cx) {
                         Poll::Ready(Some(Ok(data))) => {
                             let _ = body.flow_control().release_capacity(data.len());
                         }
-                        Poll::Ready(_) => return Poll::Ready(None),
+                        Poll::Ready(_) => return Poll::Ready(false),
                         Poll::Pending => break,
                     }
                 }
-                changes.poll_next_unpin(cx)
+                wakeups.poll_notified(cx).map(|()| true)
             })
             .await;
-            match next {
-                Some(next) => message = next,
-                None => return,
+            if !open {
+                return;
             }
         }
     }
