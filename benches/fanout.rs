@@ -246,24 +246,24 @@ impl SecretDiscoveryService for Baseline {
     }
 }
 
+/// Rotation `i`'s bundle as the Secret the servers without xDS logic send, pre-encoded.
+fn secret_any(bundles: &[String], i: usize) -> Any {
+    let secret = trust_sds::sds::encode::to_secret(
+        NAME,
+        &trust_sds::validation::validate_data(
+            trust_sds::validation::Subject::GatewayBundle,
+            bundles[i].as_bytes(),
+        )
+        .unwrap(),
+    );
+    Any {
+        type_url: SECRET_TYPE_URL.into(),
+        value: secret.encode_to_vec(),
+    }
+}
+
 async fn baseline_child(bundles: Vec<String>, mut stdin: mpsc::Receiver<String>) {
-    let encode = |i: usize| {
-        let secret = trust_sds::sds::encode::to_secret(
-            NAME,
-            &trust_sds::validation::validate_data(
-                trust_sds::validation::Subject::GatewayBundle,
-                bundles[i].as_bytes(),
-            )
-            .unwrap(),
-        );
-        Arc::new((
-            format!("v{i}"),
-            Any {
-                type_url: SECRET_TYPE_URL.into(),
-                value: secret.encode_to_vec(),
-            },
-        ))
-    };
+    let encode = |i: usize| Arc::new((format!("v{i}"), secret_any(&bundles, i)));
     let (tx, rx) = watch::channel(encode(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -300,20 +300,9 @@ mod floor {
 
     /// The whole gRPC message of rotation `i`: prefix and `DiscoveryResponse`.
     fn message(bundles: &[String], i: usize) -> Bytes {
-        let secret = trust_sds::sds::encode::to_secret(
-            NAME,
-            &trust_sds::validation::validate_data(
-                trust_sds::validation::Subject::GatewayBundle,
-                bundles[i].as_bytes(),
-            )
-            .unwrap(),
-        );
         let response = DiscoveryResponse {
             version_info: format!("v{i}"),
-            resources: vec![Any {
-                type_url: SECRET_TYPE_URL.into(),
-                value: secret.encode_to_vec(),
-            }],
+            resources: vec![secret_any(bundles, i)],
             type_url: SECRET_TYPE_URL.into(),
             nonce: "1".into(),
             ..Default::default()
