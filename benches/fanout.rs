@@ -294,7 +294,7 @@ mod floor {
     use futures::StreamExt;
     use futures::stream::FuturesUnordered;
     use trust_sds::sds::interest::Interest;
-    use trust_sds::sds::transport::cork;
+    use trust_sds::sds::transport::{self, cork};
 
     use super::*;
 
@@ -344,11 +344,7 @@ mod floor {
         interest: Arc<Interest>,
     ) {
         let (corked, cork) = cork::wrap(tcp);
-        let mut h2 = h2::server::Builder::new();
-        h2.initial_window_size(256 * 1024)
-            .initial_connection_window_size(1024 * 1024)
-            .max_header_list_size(16 * 1024);
-        let Ok(mut conn) = h2.handshake::<_, Bytes>(corked).await else {
+        let Ok(mut conn) = transport::h2_settings().handshake::<_, Bytes>(corked).await else {
             return;
         };
         let mut streams = FuturesUnordered::<Task>::new();

@@ -55,6 +55,16 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The HTTP/2 settings of every SDS connection (windows, header list), before the stream
+/// limit; the fanout bench's transport floor uses them too, so it measures this transport.
+pub fn h2_settings() -> h2::server::Builder {
+    let mut h2 = h2::server::Builder::new();
+    h2.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST);
+    h2
+}
+
 /// Serves the SDS and ADS streams itself, and everything else through `other`.
 pub struct Transport {
     sds: SdsServer,
@@ -94,10 +104,7 @@ impl Transport {
         max_streams: Option<u32>,
         keepalive: Option<Keepalive>,
     ) -> Arc<Self> {
-        let mut h2 = h2::server::Builder::new();
-        h2.initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(MAX_HEADER_LIST);
+        let mut h2 = h2_settings();
         if let Some(max) = max_streams {
             h2.max_concurrent_streams(max);
         }
